@@ -1,0 +1,719 @@
+//! The HTTP layer of the probe. It answers the `WWW-Authenticate` challenge of whichever
+//! request gets a 401 (never trusting a `/v2/` ping), answers a challenge it already knows up
+//! front to save a round trip, follows redirects itself so that credentials never leave the
+//! registry's origin, and bounds every body it reads.
+
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use reqwest::{
+    Response, StatusCode,
+    header::{self, HeaderMap, HeaderValue},
+};
+use rustls::{RootCertStore, pki_types::CertificateDer};
+use rustls_pki_types::pem::PemObject;
+use url::Url;
+
+use crate::{
+    challenge::{self, Challenge, ChallengeError},
+    keyring::{Credential, CredentialId},
+    reference::ImageRef,
+    token::{self, Token, TokenCache, TokenError, TokenKey},
+    verdict::{RegistryMessage, Verdict},
+};
+
+/// Redirects followed for one request (blob → CDN → presigned URL is two).
+pub const MAX_REDIRECTS: usize = 5;
+/// Error bodies are read only for the registry's message.
+pub const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Settings of the registry client, parsed from flags at the edge.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Extra trusted CAs (`--ca-file`), added to the system and webpki roots.
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    pub insecure_skip_tls_verify: bool,
+    /// Upper bound for one HTTP exchange, body included.
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            extra_roots: Vec::new(),
+            insecure_skip_tls_verify: false,
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot read CA file {path}: {reason}")]
+    CaFile { path: String, reason: String },
+    #[error("CA file {path} holds no PEM certificate")]
+    CaFileEmpty { path: String },
+    #[error("cannot build the TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("cannot build the HTTP client: {0}")]
+    Http(#[source] reqwest::Error),
+}
+
+impl ClientOptions {
+    /// Reads PEM certificates from a CA bundle file.
+    pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
+        let shown = path.display().to_string();
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| ClientError::CaFile {
+                path: shown.clone(),
+                reason: e.to_string(),
+            })?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ClientError::CaFile {
+                path: shown.clone(),
+                reason: e.to_string(),
+            })?;
+        if certs.is_empty() {
+            return Err(ClientError::CaFileEmpty { path: shown });
+        }
+        Ok(certs)
+    }
+}
+
+/// Why a request did not produce a response worth classifying by status.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("cannot reach {url}: {reason}")]
+    Transport { url: String, reason: String },
+    #[error("{url} did not answer in time")]
+    Timeout { url: String },
+    #[error("more than {MAX_REDIRECTS} redirects from {url}")]
+    TooManyRedirects { url: String },
+    #[error("refused redirect from {url}: {reason}")]
+    Redirect { url: String, reason: String },
+    #[error("{url} sent an unusable auth challenge: {source}")]
+    Challenge {
+        url: String,
+        #[source]
+        source: ChallengeError,
+    },
+    #[error("refused token realm {realm}: {reason}")]
+    Realm { realm: String, reason: String },
+    #[error(transparent)]
+    Token(Arc<TokenError>),
+    #[error("{url} sent more than {limit} bytes")]
+    TooLarge { url: String, limit: usize },
+}
+
+impl FetchError {
+    pub fn verdict(&self) -> Verdict {
+        match self {
+            FetchError::Transport { .. }
+            | FetchError::Timeout { .. }
+            | FetchError::TooManyRedirects { .. } => Verdict::Unavailable,
+            FetchError::Token(e) => match &**e {
+                TokenError::Refused {
+                    status: 401 | 403, ..
+                } => Verdict::Unauthorized,
+                TokenError::NoToken { .. } | TokenError::Malformed { .. } => Verdict::Invalid,
+                _ => Verdict::Unavailable,
+            },
+            FetchError::Redirect { .. }
+            | FetchError::Challenge { .. }
+            | FetchError::Realm { .. }
+            | FetchError::TooLarge { .. } => Verdict::Invalid,
+        }
+    }
+
+    /// The registry's (or token endpoint's) own words, when it sent any.
+    pub fn registry_message(&self) -> Option<&RegistryMessage> {
+        match self {
+            FetchError::Token(e) => match &**e {
+                TokenError::Refused { message, .. } if !message.is_empty() => Some(message),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// A URL for messages and logs: no query string, which may carry a presigned signature.
+pub fn display_url(url: &Url) -> String {
+    let mut u = url.clone();
+    u.set_query(None);
+    u.set_fragment(None);
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.to_string()
+}
+
+/// scheme://host:port, the unit credentials and known challenges belong to.
+fn origin(url: &Url) -> String {
+    url.origin().ascii_serialization()
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    let mut parts = Vec::new();
+    let mut cur: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = cur {
+        let s = err.to_string();
+        // reqwest's own top message repeats the URL with its query; ours is redacted.
+        if !s.starts_with("error sending request") && !parts.contains(&s) {
+            parts.push(s);
+        }
+        cur = err.source();
+    }
+    if parts.is_empty() {
+        "request failed".to_owned()
+    } else {
+        parts.join(": ")
+    }
+}
+
+/// A shared registry client: connection pool, token cache and known challenges.
+#[derive(Clone)]
+pub struct RegistryClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    tokens: TokenCache,
+    challenges: moka::sync::Cache<String, Challenge>,
+    options: ClientOptions,
+}
+
+impl RegistryClient {
+    pub fn new(options: ClientOptions) -> Result<Self, ClientError> {
+        let tls = tls_config(&options)?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(options.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .user_agent(concat!("pullgate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(ClientError::Http)?;
+        Ok(RegistryClient {
+            inner: Arc::new(Inner {
+                http,
+                tokens: TokenCache::new(10_000),
+                challenges: moka::sync::Cache::builder()
+                    .max_capacity(10_000)
+                    .time_to_live(Duration::from_secs(3600))
+                    .build(),
+                options,
+            }),
+        })
+    }
+
+    /// A session for one image and one credential (or none), ending at `deadline`.
+    pub fn session<'a>(
+        &'a self,
+        image: &ImageRef,
+        credential: Option<&'a Credential>,
+        deadline: Instant,
+    ) -> Session<'a> {
+        let base = Url::parse(&format!("https://{}/", image.api_host()))
+            .expect("a validated registry host forms a URL");
+        Session {
+            inner: &self.inner,
+            base,
+            repository: image.repository().to_owned(),
+            credential: credential.filter(|c| !c.is_anonymous()),
+            deadline,
+            requests: AtomicU32::new(0),
+        }
+    }
+}
+
+fn tls_config(options: &ClientOptions) -> Result<rustls::ClientConfig, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let mut config = if options.insecure_skip_tls_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(insecure::NoVerify(provider)))
+            .with_no_client_auth()
+    } else {
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+        roots.add_parsable_certificates(options.extra_roots.iter().cloned());
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// What authorization a request carried, so a 401 can tell a stale token from a refusal.
+#[derive(PartialEq)]
+enum Sent {
+    Nothing,
+    Basic,
+    CachedToken(TokenKey),
+    FreshToken(TokenKey),
+}
+
+/// One image, one credential, one deadline. Counts every HTTP request it makes.
+pub struct Session<'a> {
+    inner: &'a Inner,
+    base: Url,
+    repository: String,
+    credential: Option<&'a Credential>,
+    deadline: Instant,
+    requests: AtomicU32,
+}
+
+impl Session<'_> {
+    /// HTTP requests made so far (token requests and redirect hops included).
+    pub fn requests(&self) -> u32 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn repository(&self) -> &str {
+        &self.repository
+    }
+
+    /// The registry URL of `path` (relative to `https://host/`).
+    pub fn url(&self, path: &str) -> Url {
+        self.base
+            .join(path)
+            .expect("registry paths are relative URL paths")
+    }
+
+    /// GET `path` on the registry, answering auth challenges and following redirects. The
+    /// credential is only ever sent to the registry's own origin.
+    pub async fn get(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<(Url, Response), FetchError> {
+        let registry = origin(&self.base);
+        let mut url = self.url(path);
+        for _ in 0..=MAX_REDIRECTS {
+            let credential = if origin(&url) == registry {
+                self.credential
+            } else {
+                None
+            };
+            let resp = self.send_authorized(&url, headers, credential).await?;
+            if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
+                return Ok((url, resp));
+            }
+            let Some(location) = resp.headers().get(header::LOCATION) else {
+                return Ok((url, resp));
+            };
+            let next = location
+                .to_str()
+                .ok()
+                .and_then(|l| url.join(l).ok())
+                .ok_or_else(|| FetchError::Redirect {
+                    url: display_url(&url),
+                    reason: "Location is not a valid URL".to_owned(),
+                })?;
+            match (url.scheme(), next.scheme()) {
+                ("https", "https") | ("http", "https" | "http") => {}
+                (_, scheme) => {
+                    return Err(FetchError::Redirect {
+                        url: display_url(&url),
+                        reason: format!("redirect to a {scheme} URL"),
+                    });
+                }
+            }
+            url = next;
+        }
+        Err(FetchError::TooManyRedirects {
+            url: display_url(&self.url(path)),
+        })
+    }
+
+    async fn send_authorized(
+        &self,
+        url: &Url,
+        headers: &HeaderMap,
+        credential: Option<&Credential>,
+    ) -> Result<Response, FetchError> {
+        let origin = origin(url);
+        let (auth, sent) = match self.inner.challenges.get(&origin) {
+            Some(known) => self.authorize(url, &known, credential).await?,
+            None => (None, Sent::Nothing),
+        };
+        let resp = self.send(url, headers, auth.as_ref()).await?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        let Some(challenge) = self.challenge_of(url, &resp).await? else {
+            return Ok(resp);
+        };
+        self.inner.challenges.insert(origin, challenge.clone());
+        let retry = match (&sent, &challenge) {
+            (Sent::Nothing, _) => true,
+            (Sent::Basic, Challenge::Basic) => false,
+            (Sent::CachedToken(key), Challenge::Bearer { .. }) => {
+                // The registry no longer takes a token we cached: fetch a fresh one, once.
+                self.inner.tokens.invalidate(key).await;
+                true
+            }
+            (Sent::FreshToken(key), Challenge::Bearer { .. }) => {
+                self.token_key(url, &challenge, credential)?.as_ref() != Some(key)
+            }
+            _ => true,
+        };
+        if !retry {
+            return Ok(resp);
+        }
+        let (auth, _) = self.authorize(url, &challenge, credential).await?;
+        let Some(auth) = auth else {
+            // Basic without credentials: the 401 is the answer.
+            return Ok(resp);
+        };
+        drop(resp);
+        self.send(url, headers, Some(&auth)).await
+    }
+
+    /// The challenge of a 401. Old GCR sent 401 without `WWW-Authenticate` on resources; only
+    /// then is the `/v2/` challenge consulted.
+    async fn challenge_of(
+        &self,
+        url: &Url,
+        resp: &Response,
+    ) -> Result<Option<Challenge>, FetchError> {
+        let values: Vec<&str> = resp
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if !values.is_empty() {
+            return match challenge::select(values) {
+                Ok(c) => Ok(Some(c)),
+                Err(ChallengeError::Unsupported(_)) => Ok(None),
+                Err(source) => Err(FetchError::Challenge {
+                    url: display_url(url),
+                    source,
+                }),
+            };
+        }
+        let ping = url.join("/v2/").expect("absolute path joins");
+        let resp = self.send(&ping, &HeaderMap::new(), None).await?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return Ok(None);
+        }
+        let values = resp
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        Ok(challenge::select(values).ok())
+    }
+
+    fn token_key(
+        &self,
+        url: &Url,
+        challenge: &Challenge,
+        credential: Option<&Credential>,
+    ) -> Result<Option<TokenKey>, FetchError> {
+        let Challenge::Bearer {
+            realm,
+            service,
+            scope,
+            ..
+        } = challenge
+        else {
+            return Ok(None);
+        };
+        let realm_url = Url::parse(realm).map_err(|e| FetchError::Realm {
+            realm: realm.chars().take(200).collect(),
+            reason: e.to_string(),
+        })?;
+        // A token for an https registry fetched over http could be read and replayed by
+        // anyone on the path, and the Basic credentials with it.
+        let allowed = matches!(
+            (url.scheme(), realm_url.scheme()),
+            (_, "https") | ("http", "http")
+        );
+        if !allowed {
+            return Err(FetchError::Realm {
+                realm: display_url(&realm_url),
+                reason: format!(
+                    "a {} realm for an {} registry",
+                    realm_url.scheme(),
+                    url.scheme()
+                ),
+            });
+        }
+        let mut scopes = vec![format!("repository:{}:pull", self.repository)];
+        if let Some(s) = scope.as_ref().filter(|s| !s.is_empty() && s.len() <= 512)
+            && !scopes.contains(s)
+        {
+            scopes.push(s.clone());
+        }
+        Ok(Some(TokenKey {
+            realm: realm.clone(),
+            service: service.clone(),
+            scopes,
+            credential: credential.map_or(CredentialId::ANONYMOUS, Credential::id),
+        }))
+    }
+
+    /// The Authorization header for `challenge`, fetching a token when needed.
+    async fn authorize(
+        &self,
+        url: &Url,
+        challenge: &Challenge,
+        credential: Option<&Credential>,
+    ) -> Result<(Option<HeaderValue>, Sent), FetchError> {
+        let Some(key) = self.token_key(url, challenge, credential)? else {
+            return Ok(match credential {
+                Some(c) => (Some(basic_header(c)), Sent::Basic),
+                None => (None, Sent::Nothing),
+            });
+        };
+        let fetch = self.fetch_token(key.clone(), credential);
+        let (token, cached) = self
+            .inner
+            .tokens
+            .get_or_fetch(key.clone(), fetch)
+            .await
+            .map_err(FetchError::Token)?;
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", token.value()))
+            .expect("token characters were checked when it was parsed");
+        value.set_sensitive(true);
+        Ok((
+            Some(value),
+            if cached {
+                Sent::CachedToken(key)
+            } else {
+                Sent::FreshToken(key)
+            },
+        ))
+    }
+
+    async fn fetch_token(
+        &self,
+        key: TokenKey,
+        credential: Option<&Credential>,
+    ) -> Result<Token, TokenError> {
+        let realm = key.realm.clone();
+        let mut url = Url::parse(&realm).map_err(|e| TokenError::Malformed {
+            realm: realm.clone(),
+            reason: e.to_string(),
+        })?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(service) = &key.service {
+                q.append_pair("service", service);
+            }
+            for scope in &key.scopes {
+                q.append_pair("scope", scope);
+            }
+        }
+        let shown = display_url(&url);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        let auth = credential.map(basic_header);
+        let mut resp = self
+            .send(&url, &headers, auth.as_ref())
+            .await
+            .map_err(|e| match e {
+                FetchError::Timeout { .. } => TokenError::Timeout {
+                    realm: shown.clone(),
+                },
+                other => TokenError::Transport {
+                    realm: shown.clone(),
+                    reason: other.to_string(),
+                },
+            })?;
+        let status = resp.status();
+        let limit = if status.is_success() {
+            token::MAX_TOKEN_BODY
+        } else {
+            MAX_ERROR_BODY
+        };
+        let body = read_limited(&mut resp, limit, &url)
+            .await
+            .map_err(|e| match e {
+                FetchError::Timeout { .. } => TokenError::Timeout {
+                    realm: shown.clone(),
+                },
+                other => TokenError::Transport {
+                    realm: shown.clone(),
+                    reason: other.to_string(),
+                },
+            })?;
+        if !status.is_success() {
+            return Err(TokenError::Refused {
+                realm: shown,
+                status: status.as_u16(),
+                message: RegistryMessage::from_body(&body),
+            });
+        }
+        let token = token::parse_token_response(&shown, &body)?;
+        tracing::debug!(realm = %shown, lifetime = ?token.lifetime(), "fetched registry token");
+        Ok(token)
+    }
+
+    async fn send(
+        &self,
+        url: &Url,
+        headers: &HeaderMap,
+        auth: Option<&HeaderValue>,
+    ) -> Result<Response, FetchError> {
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(FetchError::Timeout {
+                url: display_url(url),
+            });
+        }
+        let timeout = remaining.min(self.inner.options.request_timeout);
+        let mut req = self
+            .inner
+            .http
+            .get(url.clone())
+            .headers(headers.clone())
+            .timeout(timeout);
+        if let Some(auth) = auth {
+            req = req.header(header::AUTHORIZATION, auth.clone());
+        }
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        tracing::trace!(url = %display_url(url), "registry request");
+        req.send().await.map_err(|e| classify_reqwest(url, &e))
+    }
+
+    /// Time left before the deadline.
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+fn classify_reqwest(url: &Url, e: &reqwest::Error) -> FetchError {
+    if e.is_timeout() {
+        FetchError::Timeout {
+            url: display_url(url),
+        }
+    } else {
+        FetchError::Transport {
+            url: display_url(url),
+            reason: describe(e),
+        }
+    }
+}
+
+fn basic_header(c: &Credential) -> HeaderValue {
+    let raw = format!("{}:{}", c.username(), c.password());
+    let mut v = HeaderValue::from_str(&format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    ))
+    .expect("base64 is a valid header value");
+    v.set_sensitive(true);
+    v
+}
+
+/// Reads a body up to `limit` bytes; more is an error, not a truncation.
+pub async fn read_limited(
+    resp: &mut Response,
+    limit: usize,
+    url: &Url,
+) -> Result<Bytes, FetchError> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(FetchError::TooLarge {
+            url: display_url(url),
+            limit,
+        });
+    }
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| classify_reqwest(url, &e))? {
+        if buf.len() + chunk.len() > limit {
+            return Err(FetchError::TooLarge {
+                url: display_url(url),
+                limit,
+            });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// Reads an error body for its message; a failure to read it just means no message.
+pub async fn read_error_message(resp: &mut Response, url: &Url) -> RegistryMessage {
+    match read_limited(resp, MAX_ERROR_BODY, url).await {
+        Ok(body) => RegistryMessage::from_body(&body),
+        Err(_) => RegistryMessage::default(),
+    }
+}
+
+mod insecure {
+    //! `--insecure-skip-tls-verify`: accepts any certificate but still checks signatures of
+    //! the handshake itself.
+    use std::sync::Arc;
+
+    use rustls::{
+        DigitallySignedStruct, SignatureScheme,
+        client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+        crypto::CryptoProvider,
+        pki_types::{CertificateDer, ServerName, UnixTime},
+    };
+
+    #[derive(Debug)]
+    pub struct NoVerify(pub Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for NoVerify {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! pullgate decides whether container images can really be pulled, the way the kubelet would
+//! pull them: it speaks the OCI Distribution API itself, answers every endpoint's auth
+//! challenge, resolves indexes to a platform and probes one byte of every blob.
+//!
+//! # Layout
+//! - [`reference`]: image references, parsed and normalised like the kubelet does.
+//! - [`platform`]: `os/arch[/variant]` and containerd's matching rules.
+//! - [`keyring`]: docker config files and the kubelet's credential matching.
+//! - [`challenge`]: `WWW-Authenticate` parsing.
+//! - [`token`]: the Bearer token flow and its cache.
+//! - [`client`]: the HTTP layer that attaches auth per endpoint and follows redirects safely.
+//! - [`digest`]: content digests, validated before they reach a URL.
+//! - [`manifest`]: manifests, indexes, media types and digests.
+//! - [`verdict`]: verdict classes and how registry answers map onto them.
+//! - [`probe`]: the deep probe that ties these together.
+//! - [`cli`]: the `pullgate` command line.
+#![forbid(unsafe_code)]
+
+pub mod challenge;
+pub mod cli;
+pub mod client;
+pub mod digest;
+pub mod keyring;
+pub mod manifest;
+pub mod platform;
+pub mod probe;
+pub mod reference;
+pub mod token;
+pub mod verdict;
