@@ -325,8 +325,7 @@ mod tests {
 
     #[test]
     fn refusals() {
-        let ambiguous =
-            image(OCI_MANIFEST).replace(r#""layers""#, &format!(r#""manifests":[],"layers""#));
+        let ambiguous = image(OCI_MANIFEST).replace(r#""layers""#, r#""manifests":[],"layers""#);
         assert!(matches!(
             parse(ambiguous.as_bytes(), None),
             Err(ManifestError::Ambiguous(_))

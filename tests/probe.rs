@@ -614,6 +614,22 @@ async fn blob_redirects_to_a_cdn_never_carry_the_credential() {
             .as_deref()
             .is_some_and(|a| a.starts_with("Basic "))
     }));
+
+    // Even a CDN that challenges for Basic auth gets nothing: the credential belongs to the
+    // registry's origin alone.
+    cdn.rule(Rule::new(
+        None,
+        "/blobs/",
+        Action::Respond {
+            status: 401,
+            headers: vec![("WWW-Authenticate".into(), r#"Basic realm="cdn""#.into())],
+            body: String::new(),
+        },
+    ));
+    let reference = format!("{}/cdn/app:v1", proxy.host());
+    let r = check(&w.client(), &reference, &[cred("bob", "hunter2")]).await;
+    assert_verdict(&r, Verdict::Unauthorized);
+    assert!(cdn.requests().iter().all(|s| s.authorization.is_none()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
