@@ -807,3 +807,19 @@ async fn tls_and_connection_failures_are_unavailable() {
     assert_verdict(&r, Verdict::Unavailable);
     assert!(r.reason.contains("cannot reach"), "{}", r.reason);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_without_challenge_falls_back_to_the_ping_challenge() {
+    // Old GCR answered resources with a bare 401; only then is /v2/ consulted.
+    let w = World::new();
+    w.push("public/app", "v1", ImageSpec::new()).await;
+    let tokens = TokenServer::start(&w.pki).await;
+    tokens.grant(None, "public/app", &["pull"]);
+    let reg = w.registry(tokens.registry_auth());
+    let proxy = PolicyProxy::start(&w.pki, &reg).await;
+    proxy.rule_times(Rule::new(None, "/manifests/", Action::json(401, "")), 1);
+    let r = check(&w.client(), &format!("{}/public/app:v1", proxy.host()), &[]).await;
+    assert_verdict(&r, Verdict::Pullable);
+    assert_eq!(proxy.count("=/v2/"), 1);
+    assert_eq!(tokens.requests(), 1);
+}
