@@ -47,11 +47,15 @@ impl Rule {
     }
 
     fn matches(&self, method: &Method, path: &str) -> bool {
-        let path_ok = match self.path_contains.strip_prefix('=') {
-            Some(exact) => path == exact,
-            None => path.contains(&self.path_contains),
-        };
-        self.method.as_ref().is_none_or(|m| m == method) && path_ok
+        self.method.as_ref().is_none_or(|m| m == method) && path_matches(&self.path_contains, path)
+    }
+}
+
+/// `pattern` is a substring of `path`, or with a leading `=`, all of it.
+fn path_matches(pattern: &str, path: &str) -> bool {
+    match pattern.strip_prefix('=') {
+        Some(exact) => path == exact,
+        None => path.contains(pattern),
     }
 }
 
@@ -144,7 +148,7 @@ impl Policy {
     fn count(&self, path_contains: &str) -> usize {
         let seen = self.seen.lock().unwrap();
         seen.iter()
-            .filter(|s| s.path.contains(path_contains))
+            .filter(|s| path_matches(path_contains, &s.path))
             .count()
     }
 }
