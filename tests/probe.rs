@@ -823,3 +823,19 @@ async fn a_401_without_challenge_falls_back_to_the_ping_challenge() {
     assert_eq!(proxy.count("=/v2/"), 1);
     assert_eq!(tokens.requests(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_over_4_mib_are_refused() {
+    let w = World::new();
+    w.push("big/app", "v1", ImageSpec::new()).await;
+    let proxy = PolicyProxy::start(&w.pki, &w.seed).await;
+    let huge = format!(r#"{{"schemaVersion":2,"pad":"{}"}}"#, "x".repeat(5 << 20));
+    proxy.rule(Rule::new(None, "/manifests/", Action::json(200, &huge)));
+    let r = check(&w.client(), &format!("{}/big/app:v1", proxy.host()), &[]).await;
+    assert_verdict(&r, Verdict::Invalid);
+    assert!(
+        r.reason.contains("larger than 4194304 bytes"),
+        "{}",
+        r.reason
+    );
+}

@@ -112,6 +112,10 @@ struct Policy {
 }
 
 impl Policy {
+    fn add(&self, rule: Rule, times: Option<usize>) {
+        self.rules.lock().unwrap().push((rule, times));
+    }
+
     fn record(&self, method: &Method, uri: &axum::http::Uri, headers: &HeaderMap) {
         let text = |name: HeaderName| {
             headers
@@ -254,18 +258,13 @@ impl PolicyProxy {
 
     /// Adds a rule after the existing ones; the first matching rule wins.
     pub fn rule(&self, rule: Rule) {
-        self.state.policy.rules.lock().unwrap().push((rule, None));
+        self.state.policy.add(rule, None);
     }
 
     /// Like [`PolicyProxy::rule`] but the rule stops matching after `times` hits, e.g. for
     /// "the first manifest GET stalls, the retry works".
     pub fn rule_times(&self, rule: Rule, times: usize) {
-        self.state
-            .policy
-            .rules
-            .lock()
-            .unwrap()
-            .push((rule, Some(times)));
+        self.state.policy.add(rule, Some(times));
     }
 
     pub fn clear_rules(&self) {
@@ -410,16 +409,11 @@ impl Cdn {
     /// Rules are checked before the Authorization check, e.g. to emulate an expired
     /// signature (403) or a stalled CDN edge.
     pub fn rule(&self, rule: Rule) {
-        self.state.policy.rules.lock().unwrap().push((rule, None));
+        self.state.policy.add(rule, None);
     }
 
     pub fn rule_times(&self, rule: Rule, times: usize) {
-        self.state
-            .policy
-            .rules
-            .lock()
-            .unwrap()
-            .push((rule, Some(times)));
+        self.state.policy.add(rule, Some(times));
     }
 
     pub fn requests(&self) -> Vec<Seen> {
