@@ -593,11 +593,6 @@ impl Session<'_> {
         tracing::trace!(url = %display_url(url), "registry request");
         req.send().await.map_err(|e| classify_reqwest(url, &e))
     }
-
-    /// Time left before the deadline.
-    pub fn remaining(&self) -> Duration {
-        self.deadline.saturating_duration_since(Instant::now())
-    }
 }
 
 fn classify_reqwest(url: &Url, e: &reqwest::Error) -> FetchError {

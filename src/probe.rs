@@ -3,10 +3,7 @@
 //! byte of the config and of every layer. A refusal anywhere decides the verdict, and the
 //! registry's own words travel with it.
 
-use std::{
-    collections::BTreeSet,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use reqwest::{
@@ -285,23 +282,24 @@ async fn run(
             }
         }
         Document::Index(index) => {
-            let mut wanted: Vec<(Platform, Option<manifest::IndexEntry>)> = platforms
-                .iter()
-                .map(|p| (p.clone(), index.select(p).cloned()))
-                .collect();
-            let digests: BTreeSet<String> = wanted
-                .iter()
-                .filter_map(|(_, e)| e.as_ref().map(|e| e.digest.to_string()))
-                .collect();
+            let wanted: Vec<(&Platform, Option<&manifest::IndexEntry>)> =
+                platforms.iter().map(|p| (p, index.select(p))).collect();
+            // Several platforms may resolve to one entry; fetch each entry once.
+            let mut digests: Vec<&Digest> = Vec::new();
+            for entry in wanted.iter().filter_map(|(_, e)| *e) {
+                if !digests.contains(&&entry.digest) {
+                    digests.push(&entry.digest);
+                }
+            }
             // Policy engines (Harbor) gate the platform manifest, not the index: fetch it.
-            let children = join_all(digests.iter().map(|d| async move {
-                let digest = Digest::parse(d).expect("came from a parsed digest");
+            let children = join_all(digests.iter().map(|&digest| async move {
                 let what = format!("platform manifest {}", digest.short());
-                let fetched = fetch_manifest(session, d, Some(&digest), &what).await;
-                (d.clone(), fetched)
+                let fetched =
+                    fetch_manifest(session, &digest.to_string(), Some(digest), &what).await;
+                (digest, fetched)
             }))
             .await;
-            for (platform, entry) in wanted.drain(..) {
+            for (platform, entry) in wanted {
                 let result = match entry {
                     None => {
                         let offered = index.offered();
@@ -320,7 +318,7 @@ async fn run(
                     Some(entry) => {
                         let (_, fetched) = children
                             .iter()
-                            .find(|(d, _)| *d == entry.digest.to_string())
+                            .find(|(d, _)| **d == entry.digest)
                             .expect("every selected entry was fetched");
                         match fetched {
                             Ok(f) => match &f.document {
@@ -335,7 +333,7 @@ async fn run(
                         }
                     }
                 };
-                resolved.push((platform, result));
+                resolved.push((platform.clone(), result));
             }
         }
     }
@@ -575,8 +573,7 @@ async fn probe_blob_inner(
                     ),
                 ));
             }
-            drop(resp);
-            let _ = url;
+            // Dropping the response here ends the stream after the first chunk.
             Ok(())
         }
         StatusCode::RANGE_NOT_SATISFIABLE => {
