@@ -219,22 +219,9 @@ async fn token_registry_accepts_our_tokens() -> anyhow::Result<()> {
     // Push through an anonymous registry, then serve the same storage with token auth.
     let image = {
         let open = Registry::start(&pki, storage.path(), RegistryAuth::Anonymous)?;
-        push_image(
-            &open.base(),
-            &client,
-            "team/app",
-            Some("v1"),
-            &ImageSpec::new(),
-        )
-        .await?;
-        push_image(
-            &open.base(),
-            &client,
-            "other/app",
-            Some("v1"),
-            &ImageSpec::new(),
-        )
-        .await?;
+        for (repo, tag) in [("team/app", "v1"), ("other/app", "v1")] {
+            push_image(&open.base(), &client, repo, Some(tag), &ImageSpec::new()).await?;
+        }
         push_image(
             &open.base(),
             &client,
