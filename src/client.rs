@@ -24,6 +24,7 @@ use url::Url;
 
 use crate::{
     challenge::{self, Challenge, ChallengeError},
+    digest::Digest,
     keyring::{Credential, CredentialId},
     reference::ImageRef,
     token::{self, Token, TokenCache, TokenError, TokenKey},
@@ -44,6 +45,12 @@ pub struct ClientOptions {
     /// Upper bound for one HTTP exchange, body included.
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
+    /// How long a blob that answered its probe is trusted for the same repository and
+    /// credential; zero turns the blob cache off. Blobs are content-addressed, so only a
+    /// registry policy change can turn the answer, like it can for a cached verdict.
+    pub blob_ttl: Duration,
+    /// Blobs remembered at most.
+    pub blob_capacity: u64,
 }
 
 impl Default for ClientOptions {
@@ -53,6 +60,8 @@ impl Default for ClientOptions {
             insecure_skip_tls_verify: false,
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
+            blob_ttl: Duration::ZERO,
+            blob_capacity: 100_000,
         }
     }
 }
@@ -190,11 +199,41 @@ struct Inner {
     http: reqwest::Client,
     tokens: TokenCache,
     challenges: moka::sync::Cache<String, Challenge>,
+    blobs: moka::sync::Cache<BlobKey, ()>,
     options: ClientOptions,
+    observer: Option<RequestObserver>,
+}
+
+/// Told about every registry request: the host, and the HTTP status (`None` when no answer
+/// came). For metrics; it must be quick.
+pub type RequestObserver = Arc<dyn Fn(&str, Option<u16>) + Send + Sync>;
+
+/// A blob that was served: the same bytes in the same repository with the same credential.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct BlobKey {
+    host: String,
+    repository: String,
+    digest: Digest,
+    credential: Option<CredentialId>,
 }
 
 impl RegistryClient {
     pub fn new(options: ClientOptions) -> Result<Self, ClientError> {
+        Self::build(options, None)
+    }
+
+    /// A client that reports every request to `observer`.
+    pub fn with_observer(
+        options: ClientOptions,
+        observer: RequestObserver,
+    ) -> Result<Self, ClientError> {
+        Self::build(options, Some(observer))
+    }
+
+    fn build(
+        options: ClientOptions,
+        observer: Option<RequestObserver>,
+    ) -> Result<Self, ClientError> {
         let tls = tls_config(&options)?;
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
@@ -213,7 +252,12 @@ impl RegistryClient {
                     .max_capacity(10_000)
                     .time_to_live(Duration::from_secs(3600))
                     .build(),
+                blobs: moka::sync::Cache::builder()
+                    .max_capacity(options.blob_capacity)
+                    .time_to_live(options.blob_ttl.max(Duration::from_millis(1)))
+                    .build(),
                 options,
+                observer,
             }),
         })
     }
@@ -286,6 +330,28 @@ impl Session<'_> {
 
     pub fn repository(&self) -> &str {
         &self.repository
+    }
+
+    fn blob_key(&self, digest: &Digest) -> BlobKey {
+        BlobKey {
+            host: self.base.authority().to_owned(),
+            repository: self.repository.clone(),
+            digest: digest.clone(),
+            credential: self.credential.map(Credential::id),
+        }
+    }
+
+    /// Whether this blob answered a probe recently, in this repository with this credential.
+    pub fn blob_known(&self, digest: &Digest) -> bool {
+        !self.inner.options.blob_ttl.is_zero()
+            && self.inner.blobs.contains_key(&self.blob_key(digest))
+    }
+
+    /// Remembers a blob that answered its probe.
+    pub fn remember_blob(&self, digest: &Digest) {
+        if !self.inner.options.blob_ttl.is_zero() {
+            self.inner.blobs.insert(self.blob_key(digest), ());
+        }
     }
 
     /// The registry URL of `path` (relative to `https://host/`).
@@ -591,7 +657,14 @@ impl Session<'_> {
         }
         self.requests.fetch_add(1, Ordering::Relaxed);
         tracing::trace!(url = %display_url(url), "registry request");
-        req.send().await.map_err(|e| classify_reqwest(url, &e))
+        let result = req.send().await;
+        if let Some(observe) = &self.inner.observer {
+            observe(
+                url.host_str().unwrap_or_default(),
+                result.as_ref().ok().map(|r| r.status().as_u16()),
+            );
+        }
+        result.map_err(|e| classify_reqwest(url, &e))
     }
 }
 

@@ -16,14 +16,21 @@
 //! - [`cli`]: the `pullgate` command line.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod challenge;
 pub mod cli;
 pub mod client;
 pub mod digest;
 pub mod keyring;
 pub mod manifest;
+pub mod metrics;
 pub mod platform;
+pub mod policy;
 pub mod probe;
+pub mod pullsecrets;
 pub mod reference;
+pub mod reload;
+pub mod tls;
 pub mod token;
 pub mod verdict;
+pub mod workload;

@@ -101,6 +101,9 @@ pub struct BlobReport {
     /// Foreign layers (with `urls`) are not served by the registry and are not probed.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub skipped: bool,
+    /// Served to this repository and credential recently; not asked again.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -504,6 +507,7 @@ async fn probe_blob(
         status: None,
         verdict: Verdict::Pullable,
         skipped: false,
+        cached: false,
         reason: None,
     };
     if !blob.urls.is_empty() {
@@ -512,9 +516,16 @@ async fn probe_blob(
             Some("foreign layer: served from its own URLs, not by the registry".to_owned());
         return (report, None);
     }
+    if session.blob_known(&blob.digest) {
+        report.cached = true;
+        return (report, None);
+    }
     let result = probe_blob_inner(session, blob, &label, &mut report).await;
     match result {
-        Ok(()) => (report, None),
+        Ok(()) => {
+            session.remember_blob(&blob.digest);
+            (report, None)
+        }
         Err(mut f) => {
             f.blob = Some(blob.digest.clone());
             report.verdict = f.verdict;
@@ -601,10 +612,36 @@ async fn probe_blob_inner(
 
 /// The report for a reference that does not parse: `invalid`, decided without network I/O.
 pub fn invalid_reference(input: &str, error: &crate::reference::ReferenceError) -> Report {
+    failed(input, Verdict::Invalid, error.to_string())
+}
+
+/// The report for an image whose probe did not finish before the review had to answer.
+pub fn unfinished(reference: &str, waited: Duration) -> Report {
+    failed(
+        reference,
+        Verdict::Unavailable,
+        format!(
+            "the probe did not finish within the review's deadline of {}",
+            humantime::format_duration(waited)
+        ),
+    )
+}
+
+/// The report for a probe that failed inside pullgate itself.
+pub fn internal_error(problem: &str) -> Report {
+    failed(
+        "",
+        Verdict::Unavailable,
+        format!("internal error: {problem}"),
+    )
+}
+
+/// A report decided without a probe.
+fn failed(reference: &str, verdict: Verdict, reason: String) -> Report {
     Report {
-        reference: input.chars().take(256).collect(),
-        verdict: Verdict::Invalid,
-        reason: error.to_string(),
+        reference: reference.chars().take(256).collect(),
+        verdict,
+        reason,
         registry: None,
         digest: None,
         media_type: None,

@@ -6,14 +6,18 @@
 //! `dead_code` allowance.
 #![allow(dead_code)]
 
+mod apiserver;
 mod image;
 mod pki;
 mod proxy;
 mod registry;
 mod server;
 mod token;
+mod world;
 
 // A test file that uses only part of the harness must not warn about the rest.
+#[allow(unused_imports)]
+pub use apiserver::*;
 #[allow(unused_imports)]
 pub use image::*;
 #[allow(unused_imports)]
@@ -26,3 +30,5 @@ pub use registry::*;
 pub use server::*;
 #[allow(unused_imports)]
 pub use token::*;
+#[allow(unused_imports)]
+pub use world::*;
