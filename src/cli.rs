@@ -1,17 +1,23 @@
 //! The `pullgate` command line: flags (each with an environment variable) parsed once into
 //! typed values, and the `check` command that probes images and prints the verdicts.
 
-use std::{fmt, io::Write, path::PathBuf, process::ExitCode, time::Duration};
+use std::{fmt, io::Write, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use futures_util::future::join_all;
+use tokio::net::TcpListener;
 
 use crate::{
+    Config, Listeners,
+    cache::CacheOptions,
     client::{ClientOptions, RegistryClient},
     keyring::{self, Credential, Keyring},
     platform::Platform,
     probe::{self, ProbeOptions, Report},
+    pullsecrets::SecretOptions,
     reference::ImageRef,
+    server::{PolicySource, ServerError, TlsSource},
+    tls::{CertFiles, DevCertificate, TlsError},
     verdict::Verdict,
 };
 
@@ -34,6 +40,9 @@ pub enum Command {
     /// Probe image references the way the kubelet would pull them; exit 0 only when every
     /// image is pullable.
     Check(CheckArgs),
+    /// Run the admission webhook. With no flags: the embedded default policy and a generated
+    /// development certificate whose CA is written out and printed.
+    Serve(Box<ServeArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -48,6 +57,27 @@ pub struct CheckArgs {
         default_value = "linux/amd64"
     )]
     pub platforms: Vec<Platform>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Credentials tried first for every image.
+    #[arg(
+        long,
+        value_name = "USER:PASS",
+        env = "PULLGATE_CREDS",
+        hide_env_values = true
+    )]
+    pub creds: Option<UserPass>,
+    /// Deadline for each image's probe (e.g. 10s, 1m).
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = humantime::parse_duration, env = "PULLGATE_TIMEOUT")]
+    pub timeout: Duration,
+    /// Image references, e.g. nginx:1.27 or registry.example.com/team/app@sha256:…
+    #[arg(required = true, value_name = "REF")]
+    pub references: Vec<String>,
+}
+
+/// How registries are reached and which node-level credentials apply.
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
     /// Docker config.json / .dockerconfigjson with registry credentials, matched per image like
     /// the kubelet does; repeatable.
     #[arg(
@@ -57,26 +87,27 @@ pub struct CheckArgs {
         value_delimiter = ','
     )]
     pub docker_configs: Vec<PathBuf>,
-    /// Credentials tried first for every image.
-    #[arg(
-        long,
-        value_name = "USER:PASS",
-        env = "PULLGATE_CREDS",
-        hide_env_values = true
-    )]
-    pub creds: Option<UserPass>,
     /// Extra CA certificates (PEM) to trust for registries.
     #[arg(long = "ca-file", value_name = "PEM", env = "PULLGATE_CA_FILE")]
     pub ca_files: Vec<PathBuf>,
     /// Do not verify registry certificates.
     #[arg(long, env = "PULLGATE_INSECURE_SKIP_TLS_VERIFY")]
     pub insecure_skip_tls_verify: bool,
-    /// Deadline for each image's probe (e.g. 10s, 1m).
-    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = humantime::parse_duration, env = "PULLGATE_TIMEOUT")]
-    pub timeout: Duration,
-    /// Image references, e.g. nginx:1.27 or registry.example.com/team/app@sha256:…
-    #[arg(required = true, value_name = "REF")]
-    pub references: Vec<String>,
+}
+
+impl RegistryArgs {
+    /// Client options with the extra CAs loaded.
+    pub fn client_options(&self) -> Result<ClientOptions, CliError> {
+        let mut extra_roots = Vec::new();
+        for path in &self.ca_files {
+            extra_roots.extend(ClientOptions::load_ca_file(path)?);
+        }
+        Ok(ClientOptions {
+            extra_roots,
+            insecure_skip_tls_verify: self.insecure_skip_tls_verify,
+            ..ClientOptions::default()
+        })
+    }
 }
 
 /// `user:password` from the command line; never printed.
@@ -117,6 +148,15 @@ pub enum CliError {
     Client(#[from] crate::client::ClientError),
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Server(#[from] ServerError),
 }
 
 /// Loads docker config files into one keyring, as the node's config would be.
@@ -140,16 +180,8 @@ pub fn load_keyring(paths: &[PathBuf]) -> Result<Keyring, CliError> {
 
 /// Runs `pullgate check`; the exit code is 0 only when every image is pullable.
 pub async fn check(args: CheckArgs) -> Result<ExitCode, CliError> {
-    let mut extra_roots = Vec::new();
-    for path in &args.ca_files {
-        extra_roots.extend(ClientOptions::load_ca_file(path)?);
-    }
-    let client = RegistryClient::new(ClientOptions {
-        extra_roots,
-        insecure_skip_tls_verify: args.insecure_skip_tls_verify,
-        ..ClientOptions::default()
-    })?;
-    let ring = load_keyring(&args.docker_configs)?;
+    let client = RegistryClient::new(args.registry.client_options()?)?;
+    let ring = load_keyring(&args.registry.docker_configs)?;
     let explicit = args
         .creds
         .as_ref()
@@ -223,4 +255,196 @@ pub fn write_table(out: &mut impl Write, reports: &[Report]) -> std::io::Result<
         )?;
     }
     Ok(())
+}
+
+/// Flags of `pullgate serve`; every one has an environment variable.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the HTTPS webhook endpoint.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8443",
+        env = "PULLGATE_LISTEN"
+    )]
+    pub listen: SocketAddr,
+    /// Address of the plain-HTTP admin endpoint (/healthz, /readyz, /metrics).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8080",
+        env = "PULLGATE_ADMIN_LISTEN"
+    )]
+    pub admin_listen: SocketAddr,
+    /// Serving certificate (PEM chain), re-read when it changes. Without it, a development
+    /// certificate is generated.
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "PULLGATE_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of the serving certificate (PEM).
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "PULLGATE_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Names and addresses the development certificate is valid for.
+    #[arg(
+        long = "dev-host",
+        value_name = "HOST",
+        default_values = ["localhost", "127.0.0.1", "::1"],
+        env = "PULLGATE_DEV_HOSTS",
+        value_delimiter = ','
+    )]
+    pub dev_hosts: Vec<String>,
+    /// Where the development CA is written, for `curl --cacert`.
+    #[arg(long, value_name = "FILE", env = "PULLGATE_DEV_CA_OUT")]
+    pub dev_ca_out: Option<PathBuf>,
+    /// Policy file (YAML), re-read when it changes. Without it, the embedded default policy.
+    #[arg(long, value_name = "FILE", env = "PULLGATE_POLICY")]
+    pub policy: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Do not read pull secrets from the Kubernetes API (probe with node credentials only).
+    #[arg(long, env = "PULLGATE_NO_KUBE")]
+    pub no_kube: bool,
+    /// Most time one review may take; keep it below the webhook's timeoutSeconds.
+    #[arg(long, value_name = "DUR", default_value = "8s", value_parser = humantime::parse_duration, env = "PULLGATE_REVIEW_BUDGET")]
+    pub review_budget: Duration,
+    /// Most time one probe may take; it goes on after its review answered, to fill the cache.
+    #[arg(long, value_name = "DUR", default_value = "20s", value_parser = humantime::parse_duration, env = "PULLGATE_PROBE_TIMEOUT")]
+    pub probe_timeout: Duration,
+    /// How long a read pull secret or ServiceAccount is reused: the delay before a changed
+    /// secret applies.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = humantime::parse_duration, env = "PULLGATE_SECRET_TTL")]
+    pub secret_ttl: Duration,
+    /// How long a pullable tag stays cached.
+    #[arg(long, value_name = "DUR", default_value = "10m", value_parser = humantime::parse_duration, env = "PULLGATE_PULLABLE_TTL")]
+    pub pullable_ttl: Duration,
+    /// How long a pullable digest reference stays cached.
+    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = humantime::parse_duration, env = "PULLGATE_DIGEST_TTL")]
+    pub digest_ttl: Duration,
+    /// How long blocked, not_found, unauthorized and invalid verdicts stay cached.
+    #[arg(long, value_name = "DUR", default_value = "1m", value_parser = humantime::parse_duration, env = "PULLGATE_REFUSAL_TTL")]
+    pub refusal_ttl: Duration,
+    /// How long an unavailable verdict stays cached (0s: only concurrent reviews share it).
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = humantime::parse_duration, env = "PULLGATE_UNAVAILABLE_TTL")]
+    pub unavailable_ttl: Duration,
+    /// Verdicts kept at most.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 100_000,
+        env = "PULLGATE_CACHE_ENTRIES"
+    )]
+    pub cache_entries: u64,
+    /// How often the policy and certificate files are checked for changes.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = humantime::parse_duration, env = "PULLGATE_RELOAD_INTERVAL")]
+    pub reload_interval: Duration,
+    /// After SIGTERM, how long to keep serving while not ready.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = humantime::parse_duration, env = "PULLGATE_SHUTDOWN_DELAY")]
+    pub shutdown_delay: Duration,
+}
+
+/// The server configuration for `args`: the typed, validated form of the flags.
+pub async fn serve_config(args: ServeArgs) -> Result<Config, CliError> {
+    let defaults = Config::default();
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => TlsSource::Files(CertFiles { cert, key }),
+        _ => {
+            let dev = DevCertificate::generate(&args.dev_hosts)?;
+            let out = args
+                .dev_ca_out
+                .unwrap_or_else(|| std::env::temp_dir().join("pullgate-dev-ca.pem"));
+            std::fs::write(&out, &dev.ca_pem)?;
+            eprintln!(
+                "pullgate: no --tls-cert given: serving a development certificate for {}.\n\
+                 Its CA is in {} (curl --cacert {0}):\n{}",
+                args.dev_hosts.join(", "),
+                out.display(),
+                dev.ca_pem
+            );
+            TlsSource::Development(dev)
+        }
+    };
+    let kube = if args.no_kube {
+        None
+    } else {
+        match kube::Client::try_default().await {
+            Ok(client) => Some(client),
+            Err(e) => {
+                tracing::warn!(error = %e, "no Kubernetes API: pull secrets will not be read");
+                None
+            }
+        }
+    };
+    Ok(Config {
+        tls,
+        policy: args
+            .policy
+            .map_or(PolicySource::Embedded, PolicySource::File),
+        review_budget: args.review_budget,
+        probe_timeout: args.probe_timeout,
+        registry: ClientOptions {
+            blob_ttl: args.pullable_ttl,
+            ..args.registry.client_options()?
+        },
+        cache: CacheOptions {
+            pullable_ttl: args.pullable_ttl,
+            digest_pullable_ttl: args.digest_ttl,
+            refusal_ttl: args.refusal_ttl,
+            unavailable_ttl: args.unavailable_ttl,
+            max_entries: args.cache_entries,
+        },
+        secrets: SecretOptions {
+            ttl: args.secret_ttl,
+            ..SecretOptions::default()
+        },
+        kube,
+        node_keyring: load_keyring(&args.registry.docker_configs)?,
+        reload_interval: args.reload_interval,
+        shutdown_delay: args.shutdown_delay,
+        ..defaults
+    })
+}
+
+/// Runs `pullgate serve` until SIGTERM or Ctrl-C.
+pub async fn serve(args: Box<ServeArgs>) -> Result<ExitCode, CliError> {
+    let (listen, admin_listen) = (args.listen, args.admin_listen);
+    let config = serve_config(*args).await?;
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| CliError::Bind { addr, source: e })
+    };
+    let listeners = Listeners {
+        webhook: bind(listen).await?,
+        admin: bind(admin_listen).await?,
+    };
+    eprintln!("pullgate: webhook on https://{listen}/validate, admin on http://{admin_listen}/");
+    crate::run(config, listeners, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM (what the kubelet sends) or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }

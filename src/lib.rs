@@ -16,6 +16,9 @@
 //! - [`cli`]: the `pullgate` command line.
 #![forbid(unsafe_code)]
 
+pub use server::{Config, Listeners, run};
+
+pub mod admission;
 pub mod cache;
 pub mod challenge;
 pub mod cli;
@@ -30,6 +33,7 @@ pub mod probe;
 pub mod pullsecrets;
 pub mod reference;
 pub mod reload;
+pub mod server;
 pub mod tls;
 pub mod token;
 pub mod verdict;

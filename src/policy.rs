@@ -273,15 +273,16 @@ impl Policy {
                 path: shown.clone(),
                 source,
             })?;
-        Policy::parse(&bytes, &shown)
+        Policy::from_slice(&bytes, &shown)
     }
 
     /// Parses and validates a policy; `source` names it in errors (a path, a ConfigMap key).
     pub fn from_yaml(yaml: &str, source: &str) -> Result<Policy, PolicyError> {
-        Policy::parse(yaml.as_bytes(), source)
+        Policy::from_slice(yaml.as_bytes(), source)
     }
 
-    fn parse(yaml: &[u8], source: &str) -> Result<Policy, PolicyError> {
+    /// Parses and validates a policy from raw bytes (a file's content).
+    pub fn from_slice(yaml: &[u8], source: &str) -> Result<Policy, PolicyError> {
         if yaml.len() > MAX_POLICY_BYTES {
             return Err(PolicyError::TooLarge {
                 file: source.to_owned(),

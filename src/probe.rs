@@ -627,6 +627,15 @@ pub fn unfinished(reference: &str, waited: Duration) -> Report {
     )
 }
 
+/// The report for an image the policy exempts: not probed.
+pub fn exempt(reference: &str) -> Report {
+    failed(
+        reference,
+        Verdict::Pullable,
+        "exempt by policy: not probed".to_owned(),
+    )
+}
+
 /// The report for a probe that failed inside pullgate itself.
 pub fn internal_error(problem: &str) -> Report {
     failed(

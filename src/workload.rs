@@ -1,1 +1,891 @@
-//! placeholder
+//! What an admission request asks the nodes to pull: the images of a Pod or of a controller's
+//! pod template, the pull secrets and service account the kubelet will use for them, and the
+//! platforms the pod may be scheduled on. Pure functions over the request; no I/O.
+//!
+//! A request that cannot introduce a new image (DELETE, CONNECT, subresources other than
+//! `pods/ephemeralcontainers`) yields `Ok(None)` rather than an empty [`Workload`], so callers
+//! can tell "nothing to check" from "checked, nothing new".
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{
+    Container, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, PodTemplate,
+    PodTemplateSpec, ReplicationController,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::admission::{AdmissionRequest, Operation};
+use kube::core::{DynamicObject, GroupVersionKind};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::platform::Platform;
+
+/// The only subresource through which images are added to an existing Pod (`kubectl debug`).
+const EPHEMERAL_CONTAINERS: &str = "ephemeralcontainers";
+const NEVER: &str = "Never";
+/// The service account the ServiceAccount admission plugin assigns when none is named.
+const DEFAULT_SERVICE_ACCOUNT: &str = "default";
+/// Assumed when a pod pins only an architecture: Linux nodes are what clusters mostly run.
+const DEFAULT_OS: &str = "linux";
+const ARCH_LABELS: [&str; 2] = ["kubernetes.io/arch", "beta.kubernetes.io/arch"];
+const OS_LABELS: [&str; 2] = ["kubernetes.io/os", "beta.kubernetes.io/os"];
+
+/// Why a request could not be read as a workload.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadError {
+    #[error(
+        "unsupported kind {kind} ({group}/{version}): only Pods and the built-in pod controllers carry images pullgate can read"
+    )]
+    UnsupportedKind {
+        group: String,
+        version: String,
+        kind: String,
+    },
+    #[error("malformed {kind} in admission request: {source}")]
+    Malformed {
+        /// The kind as the request names it.
+        kind: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("admission request to create or update a {kind} carries no object")]
+    MissingObject { kind: Kind },
+}
+
+/// The kinds whose pod specs are read, each a stable label for metrics and messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Pod,
+    Deployment,
+    ReplicaSet,
+    StatefulSet,
+    DaemonSet,
+    Job,
+    CronJob,
+    ReplicationController,
+    PodTemplate,
+}
+
+impl Kind {
+    /// The kind named by an exact group/version/kind; other versions are no longer served and
+    /// the k8s-openapi types describe only these.
+    pub fn from_gvk(gvk: &GroupVersionKind) -> Option<Kind> {
+        let kind = match (gvk.group.as_str(), gvk.version.as_str(), gvk.kind.as_str()) {
+            ("", "v1", "Pod") => Kind::Pod,
+            ("apps", "v1", "Deployment") => Kind::Deployment,
+            ("apps", "v1", "ReplicaSet") => Kind::ReplicaSet,
+            ("apps", "v1", "StatefulSet") => Kind::StatefulSet,
+            ("apps", "v1", "DaemonSet") => Kind::DaemonSet,
+            ("batch", "v1", "Job") => Kind::Job,
+            ("batch", "v1", "CronJob") => Kind::CronJob,
+            ("", "v1", "ReplicationController") => Kind::ReplicationController,
+            ("", "v1", "PodTemplate") => Kind::PodTemplate,
+            _ => return None,
+        };
+        Some(kind)
+    }
+
+    /// The kind's name, e.g. `"Deployment"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Pod => "Pod",
+            Kind::Deployment => "Deployment",
+            Kind::ReplicaSet => "ReplicaSet",
+            Kind::StatefulSet => "StatefulSet",
+            Kind::DaemonSet => "DaemonSet",
+            Kind::Job => "Job",
+            Kind::CronJob => "CronJob",
+            Kind::ReplicationController => "ReplicationController",
+            Kind::PodTemplate => "PodTemplate",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where in a pod spec an image is used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Location {
+    Container,
+    InitContainer,
+    EphemeralContainer,
+    ImageVolume,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Location::Container => "container",
+            Location::InitContainer => "init container",
+            Location::EphemeralContainer => "ephemeral container",
+            Location::ImageVolume => "image volume",
+        })
+    }
+}
+
+/// One use of an image in a pod spec. The same image used twice appears twice, so that a
+/// denial can name every place it is used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageUse {
+    /// The reference exactly as written in the spec.
+    pub image: String,
+    /// The container name, or the volume name for an image volume.
+    pub container: String,
+    pub location: Location,
+    /// `imagePullPolicy` (`pullPolicy` for image volumes) as written or defaulted.
+    pub pull_policy: Option<String>,
+}
+
+impl ImageUse {
+    /// Whether the kubelet will never pull this image, only use what the node already has.
+    pub fn never_pulled(&self) -> bool {
+        self.pull_policy.as_deref() == Some(NEVER)
+    }
+}
+
+/// What the kubelet needs, besides the images, to pull for this pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodFacts {
+    /// `imagePullSecrets` names in order, empty names dropped, duplicates removed.
+    pub image_pull_secrets: Vec<String>,
+    /// The service account whose pull secrets the pod also gets.
+    pub service_account: String,
+    /// True for a controller's pod template, false for a Pod itself.
+    pub is_template: bool,
+}
+
+/// What an admission request asks the nodes to pull.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub kind: Kind,
+    /// The request's namespace, else the object's; empty only when neither names one.
+    pub namespace: String,
+    /// `metadata.name`, or `metadata.generateName` followed by `*`.
+    pub name: String,
+    pub pod: PodFacts,
+    /// Images to check: on UPDATE only those the old object did not already use.
+    pub images: Vec<ImageUse>,
+    /// New images with pull policy `Never`: not probed, the node must already have them.
+    pub skipped: Vec<ImageUse>,
+    pub placement: Placement,
+}
+
+impl Workload {
+    /// The cluster platforms this pod may run on; see [`Placement::platforms`].
+    pub fn platforms(&self, cluster: &[Platform]) -> Vec<Platform> {
+        self.placement.platforms(cluster)
+    }
+}
+
+/// The parts of an admission request this module reads, for callers that do not hold an
+/// [`AdmissionRequest`].
+#[derive(Clone, Copy, Debug)]
+pub struct RequestParts<'a> {
+    pub kind: &'a GroupVersionKind,
+    pub sub_resource: Option<&'a str>,
+    pub operation: &'a Operation,
+    pub namespace: Option<&'a str>,
+    pub object: Option<&'a Value>,
+    pub old_object: Option<&'a Value>,
+}
+
+/// Reads the workload of an admission request; `Ok(None)` when the request cannot add an image.
+pub fn from_request(
+    req: &AdmissionRequest<DynamicObject>,
+) -> Result<Option<Workload>, WorkloadError> {
+    let to_value = |obj: &DynamicObject| {
+        serde_json::to_value(obj).map_err(|source| WorkloadError::Malformed {
+            kind: req.kind.kind.clone(),
+            source,
+        })
+    };
+    let object = req.object.as_ref().map(to_value).transpose()?;
+    let old_object = req.old_object.as_ref().map(to_value).transpose()?;
+    from_parts(&RequestParts {
+        kind: &req.kind,
+        sub_resource: req.sub_resource.as_deref(),
+        operation: &req.operation,
+        namespace: req.namespace.as_deref(),
+        object: object.as_ref(),
+        old_object: old_object.as_ref(),
+    })
+}
+
+/// Reads the workload from a request's parts; `Ok(None)` when the request cannot add an image.
+///
+/// The operation and subresource are looked at before the kind, so a DELETE or a status
+/// update of a kind we do not know is never an error.
+pub fn from_parts(parts: &RequestParts<'_>) -> Result<Option<Workload>, WorkloadError> {
+    if matches!(parts.operation, Operation::Delete | Operation::Connect) {
+        return Ok(None);
+    }
+    let only_ephemeral = match parts.sub_resource.filter(|s| !s.is_empty()) {
+        None => false,
+        Some(EPHEMERAL_CONTAINERS) => true,
+        Some(_) => return Ok(None),
+    };
+    let gvk = parts.kind;
+    let kind = Kind::from_gvk(gvk).ok_or_else(|| WorkloadError::UnsupportedKind {
+        group: gvk.group.clone(),
+        version: gvk.version.clone(),
+        kind: gvk.kind.clone(),
+    })?;
+    let object = parts.object.ok_or(WorkloadError::MissingObject { kind })?;
+    let (meta, spec) = read_object(kind, object)?;
+    let spec = spec.unwrap_or_default();
+
+    // Whatever the old object used was admitted then; checking it again would let a registry
+    // outage block unrelated edits (scaling, labels) of running workloads.
+    let admitted: HashSet<String> = match parts.old_object {
+        Some(old) if *parts.operation == Operation::Update => read_object(kind, old)?
+            .1
+            .map(|old| image_uses(&old).into_iter().map(|u| u.image).collect())
+            .unwrap_or_default(),
+        _ => HashSet::new(),
+    };
+    let (skipped, images) = image_uses(&spec)
+        .into_iter()
+        .filter(|u| !admitted.contains(&u.image))
+        .filter(|u| !only_ephemeral || u.location == Location::EphemeralContainer)
+        .partition(ImageUse::never_pulled);
+
+    Ok(Some(Workload {
+        kind,
+        namespace: parts
+            .namespace
+            .filter(|ns| !ns.is_empty())
+            .map(str::to_owned)
+            .or(meta.namespace)
+            .unwrap_or_default(),
+        name: display_name(meta.name, meta.generate_name),
+        pod: pod_facts(&spec, kind != Kind::Pod),
+        images,
+        skipped,
+        placement: Placement::from_spec(&spec),
+    }))
+}
+
+/// The cluster platforms a pod with this spec may run on; see [`Placement::platforms`].
+pub fn platforms(spec: &PodSpec, cluster: &[Platform]) -> Vec<Platform> {
+    Placement::from_spec(spec).platforms(cluster)
+}
+
+type Parts = (ObjectMeta, Option<PodSpec>);
+
+/// The object's metadata and the pod spec it runs, if it has one.
+fn read_object(kind: Kind, object: &Value) -> Result<Parts, WorkloadError> {
+    fn read<T: DeserializeOwned>(
+        object: &Value,
+        split: impl FnOnce(T) -> Parts,
+    ) -> Result<Parts, serde_json::Error> {
+        T::deserialize(object).map(split)
+    }
+    fn template(t: Option<PodTemplateSpec>) -> Option<PodSpec> {
+        t.and_then(|t| t.spec)
+    }
+    match kind {
+        Kind::Pod => read(object, |o: Pod| (o.metadata, o.spec)),
+        Kind::Deployment => read(object, |o: Deployment| {
+            (o.metadata, template(o.spec.map(|s| s.template)))
+        }),
+        Kind::ReplicaSet => read(object, |o: ReplicaSet| {
+            (o.metadata, template(o.spec.and_then(|s| s.template)))
+        }),
+        Kind::StatefulSet => read(object, |o: StatefulSet| {
+            (o.metadata, template(o.spec.map(|s| s.template)))
+        }),
+        Kind::DaemonSet => read(object, |o: DaemonSet| {
+            (o.metadata, template(o.spec.map(|s| s.template)))
+        }),
+        Kind::Job => read(object, |o: Job| {
+            (o.metadata, template(o.spec.map(|s| s.template)))
+        }),
+        Kind::CronJob => read(object, |o: CronJob| {
+            let job = o.spec.and_then(|s| s.job_template.spec);
+            (o.metadata, template(job.map(|j| j.template)))
+        }),
+        Kind::ReplicationController => read(object, |o: ReplicationController| {
+            (o.metadata, template(o.spec.and_then(|s| s.template)))
+        }),
+        Kind::PodTemplate => read(object, |o: PodTemplate| (o.metadata, template(o.template))),
+    }
+    .map_err(|source| WorkloadError::Malformed {
+        kind: kind.as_str().to_owned(),
+        source,
+    })
+}
+
+fn display_name(name: Option<String>, generate_name: Option<String>) -> String {
+    let non_empty = |s: &String| !s.is_empty();
+    name.filter(non_empty)
+        .or_else(|| generate_name.filter(non_empty).map(|g| format!("{g}*")))
+        .unwrap_or_default()
+}
+
+/// Where an image is used, by whom, the image and its pull policy, as the spec holds them.
+type Use<'a> = (Location, &'a String, &'a Option<String>, &'a Option<String>);
+
+/// Every image the spec uses, containers first, then init and ephemeral containers, then
+/// image volumes; entries without an image are left out.
+fn image_uses(spec: &PodSpec) -> Vec<ImageUse> {
+    fn containers(list: &[Container], location: Location) -> impl Iterator<Item = Use<'_>> {
+        list.iter()
+            .map(move |c| (location, &c.name, &c.image, &c.image_pull_policy))
+    }
+    let ephemeral = spec.ephemeral_containers.iter().flatten().map(|c| {
+        (
+            Location::EphemeralContainer,
+            &c.name,
+            &c.image,
+            &c.image_pull_policy,
+        )
+    });
+    let volumes = spec.volumes.iter().flatten().filter_map(|v| {
+        let image = v.image.as_ref()?;
+        Some((
+            Location::ImageVolume,
+            &v.name,
+            &image.reference,
+            &image.pull_policy,
+        ))
+    });
+    let init = spec.init_containers.as_deref().unwrap_or_default();
+    containers(&spec.containers, Location::Container)
+        .chain(containers(init, Location::InitContainer))
+        .chain(ephemeral)
+        .chain(volumes)
+        .filter_map(|(location, name, image, policy)| {
+            let image = image.as_deref().filter(|i| !i.is_empty())?;
+            Some(ImageUse {
+                image: image.to_owned(),
+                container: name.clone(),
+                location,
+                pull_policy: policy.clone(),
+            })
+        })
+        .collect()
+}
+
+fn pod_facts(spec: &PodSpec, is_template: bool) -> PodFacts {
+    let mut image_pull_secrets: Vec<String> = Vec::new();
+    for secret in spec.image_pull_secrets.iter().flatten() {
+        if !secret.name.is_empty() && !image_pull_secrets.contains(&secret.name) {
+            image_pull_secrets.push(secret.name.clone());
+        }
+    }
+    let non_empty = |s: &&String| !s.is_empty();
+    // `serviceAccount` is the deprecated alias the apiserver still mirrors; objects written by
+    // older clients may carry only it.
+    let service_account = spec
+        .service_account_name
+        .as_ref()
+        .filter(non_empty)
+        .or(spec.service_account.as_ref().filter(non_empty))
+        .map_or(DEFAULT_SERVICE_ACCOUNT, String::as_str)
+        .to_owned();
+    PodFacts {
+        image_pull_secrets,
+        service_account,
+        is_template,
+    }
+}
+
+/// Which values of one node label a pod accepts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+enum Values {
+    #[default]
+    Any,
+    Only(BTreeSet<String>),
+    Except(BTreeSet<String>),
+}
+
+impl Values {
+    fn allows(&self, value: &str) -> bool {
+        match self {
+            Values::Any => true,
+            Values::Only(set) => set.contains(value),
+            Values::Except(set) => !set.contains(value),
+        }
+    }
+
+    /// Both constraints hold (expressions within a term, or nodeSelector and a term).
+    fn and(self, other: Values) -> Values {
+        use Values::*;
+        match (self, other) {
+            (Any, v) | (v, Any) => v,
+            (Only(a), Only(b)) => Only(a.intersection(&b).cloned().collect()),
+            (Only(a), Except(b)) | (Except(b), Only(a)) => Only(&a - &b),
+            (Except(a), Except(b)) => Except(&a | &b),
+        }
+    }
+
+    /// Either constraint holds (terms are ORed).
+    fn or(self, other: Values) -> Values {
+        use Values::*;
+        match (self, other) {
+            (Any, _) | (_, Any) => Any,
+            (Only(a), Only(b)) => Only(&a | &b),
+            (Only(a), Except(b)) | (Except(b), Only(a)) => Except(&b - &a),
+            (Except(a), Except(b)) => Except(a.intersection(&b).cloned().collect()),
+        }
+    }
+
+    /// The one value allowed, if exactly one is.
+    fn single(&self) -> Option<&str> {
+        match self {
+            Values::Only(set) if set.len() == 1 => set.first().map(String::as_str),
+            _ => None,
+        }
+    }
+}
+
+/// The os and arch a node must have to satisfy one node selector term.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct OsArch {
+    os: Values,
+    arch: Values,
+}
+
+impl OsArch {
+    fn constrain(&mut self, key: &str, values: Values) {
+        let slot = if OS_LABELS.contains(&key) {
+            &mut self.os
+        } else if ARCH_LABELS.contains(&key) {
+            &mut self.arch
+        } else {
+            return;
+        };
+        *slot = std::mem::take(slot).and(values);
+    }
+
+    fn and(mut self, other: &OsArch) -> OsArch {
+        self.os = self.os.and(other.os.clone());
+        self.arch = self.arch.and(other.arch.clone());
+        self
+    }
+
+    /// `None` for a term with no requirements at all, which matches no node.
+    fn from_term(term: &NodeSelectorTerm) -> Option<OsArch> {
+        let expressions = term.match_expressions.as_deref().unwrap_or_default();
+        if expressions.is_empty() && term.match_fields.as_deref().unwrap_or_default().is_empty() {
+            return None;
+        }
+        let mut os_arch = OsArch::default();
+        for req in expressions {
+            os_arch.constrain(&req.key, requirement_values(req));
+        }
+        Some(os_arch)
+    }
+
+    fn allows(&self, platform: &Platform) -> bool {
+        self.os.allows(platform.os()) && self.arch.allows(platform.architecture())
+    }
+}
+
+fn requirement_values(req: &NodeSelectorRequirement) -> Values {
+    let values = || req.values.iter().flatten().cloned().collect();
+    match req.operator.as_str() {
+        "In" => Values::Only(values()),
+        "NotIn" => Values::Except(values()),
+        // The kubelet sets the os and arch labels on every node, so this matches none.
+        "DoesNotExist" => Values::Only(BTreeSet::new()),
+        _ => Values::Any,
+    }
+}
+
+/// Where a pod may be scheduled as far as os and architecture go, from its `nodeSelector` and
+/// required node affinity. Kept per affinity term so that `linux/amd64 OR windows/arm64` does
+/// not also admit `linux/arm64`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// ORed alternatives; empty when no node can satisfy the pod.
+    alternatives: Vec<OsArch>,
+}
+
+impl Placement {
+    /// The constraint a pod spec puts on node os and arch.
+    pub fn from_spec(spec: &PodSpec) -> Placement {
+        let mut selector = OsArch::default();
+        for (key, value) in spec.node_selector.iter().flatten() {
+            selector.constrain(key, Values::Only(BTreeSet::from([value.clone()])));
+        }
+        let terms = spec
+            .affinity
+            .as_ref()
+            .and_then(|a| a.node_affinity.as_ref())
+            .and_then(|n| {
+                n.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .map(|s| &s.node_selector_terms);
+        let alternatives = match terms {
+            None => vec![selector],
+            Some(terms) => terms
+                .iter()
+                .filter_map(OsArch::from_term)
+                .map(|term| term.and(&selector))
+                .collect(),
+        };
+        Placement { alternatives }
+    }
+
+    /// Whether a node of this platform may run the pod; only os and arch are compared, since
+    /// nodes carry no variant label.
+    pub fn allows(&self, platform: &Platform) -> bool {
+        self.alternatives.iter().any(|a| a.allows(platform))
+    }
+
+    /// The cluster platforms the pod may run on, in the cluster list's order.
+    ///
+    /// When none fits and the pod pins a single architecture, that platform is returned
+    /// (os `linux` unless it pins another): the pod says where it runs, and an image lacking
+    /// it is worth reporting. Otherwise, when the pod excludes every cluster platform, the
+    /// cluster list is returned unchanged: the scheduler will not place the pod anyway, and
+    /// checking something beats checking nothing.
+    pub fn platforms(&self, cluster: &[Platform]) -> Vec<Platform> {
+        let fitting: Vec<Platform> = cluster.iter().filter(|p| self.allows(p)).cloned().collect();
+        if !fitting.is_empty() {
+            return fitting;
+        }
+        self.pinned().map_or_else(|| cluster.to_vec(), |p| vec![p])
+    }
+
+    fn pinned(&self) -> Option<Platform> {
+        let union = |pick: fn(&OsArch) -> &Values| {
+            self.alternatives
+                .iter()
+                .map(|a| pick(a).clone())
+                .reduce(Values::or)
+                .unwrap_or(Values::Only(BTreeSet::new()))
+        };
+        let arch = union(|a| &a.arch);
+        let os = union(|a| &a.os);
+        let os = match os.single() {
+            Some(os) => os,
+            None if os.allows(DEFAULT_OS) => DEFAULT_OS,
+            None => return None,
+        };
+        // Parsing validates label values that are not a usable platform, such as "".
+        Platform::parse(&format!("{os}/{}", arch.single()?)).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::admission::AdmissionReview;
+    use rstest::rstest;
+    use serde_json::json;
+
+    macro_rules! fixture {
+        ($name:literal) => {
+            include_str!(concat!("../tests/fixtures/admission/", $name))
+        };
+    }
+
+    fn request(json: &str) -> AdmissionRequest<DynamicObject> {
+        let review: AdmissionReview<DynamicObject> =
+            serde_json::from_str(json).expect("fixture is an AdmissionReview");
+        review.try_into().expect("fixture carries a request")
+    }
+
+    fn workload(req: &AdmissionRequest<DynamicObject>) -> Workload {
+        from_request(req)
+            .expect("fixture is readable")
+            .expect("fixture has something to check")
+    }
+
+    /// Each use as `"<location> <name>: <image>"`.
+    fn uses(list: &[ImageUse]) -> Vec<String> {
+        let show = |u: &ImageUse| format!("{} {}: {}", u.location, u.container, u.image);
+        list.iter().map(show).collect()
+    }
+
+    fn object(req: &mut AdmissionRequest<DynamicObject>) -> &mut Value {
+        &mut req.object.as_mut().expect("fixture has an object").data
+    }
+
+    #[rstest]
+    #[case::deployment(fixture!("deployment.json"), Kind::Deployment, "shop/api", "default",
+        &["container api: registry.example.com/team/api:3.2.1"])]
+    #[case::replicaset(fixture!("replicaset.json"), Kind::ReplicaSet, "shop/api-6d8f7b9c5d",
+        "default", &["container api: registry.example.com/team/api:3.2.1"])]
+    #[case::statefulset(fixture!("statefulset.json"), Kind::StatefulSet, "shop/db", "db", &[
+        "container postgres: registry.example.com/db/postgres:16.4",
+        "init container init-perms: registry.example.com/infra/toolbox:1.2",
+    ])]
+    #[case::daemonset(fixture!("daemonset.json"), Kind::DaemonSet, "monitoring/node-exporter",
+        "node-exporter",
+        &["container node-exporter: registry.example.com/monitoring/node-exporter:1.8.2"])]
+    #[case::job(fixture!("job.json"), Kind::Job, "batch-jobs/report", "default", &[
+        "container report: registry.example.com/team/report:2.0",
+        "image volume fonts: registry.example.com/assets/fonts:2025.1",
+    ])]
+    #[case::cronjob_update(fixture!("cronjob.json"), Kind::CronJob, "ops/nightly-backup", "backup",
+        &["container backup: registry.example.com/ops/backup:5.2"])]
+    #[case::replicationcontroller(fixture!("replicationcontroller.json"),
+        Kind::ReplicationController, "legacy/legacy-web", "default",
+        &["container web: registry.example.com/legacy/web:0.9"])]
+    #[case::podtemplate(fixture!("podtemplate.json"), Kind::PodTemplate, "shop/batch-worker",
+        "default", &["container worker: registry.example.com/team/worker@sha256:\
+            4f6a8c0e2b4d6f8a0c2e4b6d8f0a2c4e6b8d0f2a4c6e8b0d2f4a6c8e0b2d4f6a"])]
+    #[case::dry_run(fixture!("pod-dry-run.json"), Kind::Pod, "default/tmp", "default",
+        &["container tmp: registry.example.com/tools/busybox:1.36"])]
+    fn reads_every_kind(
+        #[case] json: &str,
+        #[case] kind: Kind,
+        #[case] at: &str,
+        #[case] service_account: &str,
+        #[case] images: &[&str],
+    ) {
+        let w = workload(&request(json));
+        assert_eq!(w.kind, kind);
+        assert_eq!(format!("{}/{}", w.namespace, w.name), at);
+        assert_eq!(w.pod.service_account, service_account);
+        assert_eq!(w.pod.is_template, kind != Kind::Pod);
+        assert_eq!(uses(&w.images), images);
+        assert!(w.skipped.is_empty());
+    }
+
+    #[test]
+    fn pod_create_reads_every_location_and_skips_never() {
+        let w = workload(&request(fixture!("pod-create.json")));
+        assert_eq!(
+            uses(&w.images),
+            [
+                "container app: registry.example.com/team/app:1.0",
+                "init container migrate: registry.example.com/team/migrate:2.3",
+                "image volume models: registry.example.com/ml/models:2026.03",
+            ]
+        );
+        assert_eq!(w.images[2].pull_policy.as_deref(), Some("IfNotPresent"));
+        assert_eq!(
+            uses(&w.skipped),
+            ["container cache-warmer: registry.example.com/team/cache-warmer:0.4"]
+        );
+        let facts = PodFacts {
+            image_pull_secrets: vec!["regcred".into(), "team-pull".into()],
+            service_account: "checkout".into(),
+            is_template: false,
+        };
+        assert_eq!(w.pod, facts);
+        assert_eq!(w.platforms(&cluster(BOTH)), cluster(&["linux/arm64"]));
+    }
+
+    #[test]
+    fn update_checks_only_new_images() {
+        let mut req = request(fixture!("pod-update.json"));
+        let w = workload(&req);
+        let app = "container app: registry.example.com/team/app:1.1";
+        assert_eq!(uses(&w.images), [app]);
+        assert!(w.skipped.is_empty(), "unchanged Never images are not new");
+
+        req.old_object = None;
+        assert_eq!(
+            workload(&req).images.len(),
+            3,
+            "without oldObject all is new"
+        );
+    }
+
+    #[test]
+    fn update_ignores_images_used_anywhere_in_old_object() {
+        let mut req = request(fixture!("pod-update.json"));
+        object(&mut req)["spec"]["containers"][0]["image"] =
+            "registry.example.com/ml/models:2026.03".into();
+        assert!(workload(&req).images.is_empty());
+    }
+
+    #[test]
+    fn ephemeral_containers_subresource_checks_only_new_debug_images() {
+        let mut req = request(fixture!("pod-ephemeralcontainers.json"));
+        let w = workload(&req);
+        let debug = "ephemeral container debugger-k2m9x: registry.example.com/tools/netshoot:0.13";
+        assert_eq!(uses(&w.images), [debug]);
+        assert_eq!(w.name, "checkout");
+
+        // Containers cannot change through this subresource; only debug images are its business.
+        object(&mut req)["spec"]["containers"][0]["image"] = "registry.example.com/x/y:1".into();
+        assert_eq!(uses(&workload(&req).images), [debug]);
+    }
+
+    #[rstest]
+    fn other_subresources_are_ignored(#[values("status", "binding", "exec")] sub: &str) {
+        let mut req = request(fixture!("pod-update.json"));
+        req.sub_resource = Some(sub.into());
+        assert!(from_request(&req).expect("readable").is_none());
+    }
+
+    #[test]
+    fn delete_and_connect_are_ignored() {
+        let mut req = request(fixture!("pod-delete.json"));
+        assert!(from_request(&req).expect("readable").is_none());
+        req.operation = Operation::Connect;
+        assert!(from_request(&req).expect("readable").is_none());
+    }
+
+    #[test]
+    fn unsupported_kind_is_an_error() {
+        let err = from_request(&request(fixture!("rollout.json"))).unwrap_err();
+        assert!(
+            matches!(&err, WorkloadError::UnsupportedKind { group, version, kind }
+                if group == "argoproj.io" && version == "v1alpha1" && kind == "Rollout"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn malformed_object_says_kind_and_problem() {
+        let err = from_request(&request(fixture!("malformed.json"))).unwrap_err();
+        assert!(matches!(err, WorkloadError::Malformed { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("Pod") && msg.contains("expected a string"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn missing_object_on_create_is_an_error() {
+        let mut req = request(fixture!("pod-create.json"));
+        req.object = None;
+        let err = from_request(&req).unwrap_err();
+        assert!(
+            matches!(err, WorkloadError::MissingObject { kind: Kind::Pod }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn replication_controller_without_template_has_no_images() {
+        let mut req = request(fixture!("replicationcontroller.json"));
+        let spec = object(&mut req)["spec"]
+            .as_object_mut()
+            .expect("spec is an object");
+        spec.remove("template");
+        let w = workload(&req);
+        assert!(w.images.is_empty());
+        assert_eq!(w.pod.service_account, "default");
+    }
+
+    #[test]
+    fn generate_name_stands_in_for_missing_name() {
+        let mut req = request(fixture!("pod-dry-run.json"));
+        let meta = &mut req.object.as_mut().expect("object").metadata;
+        meta.name = None;
+        meta.generate_name = Some("tmp-".into());
+        assert_eq!(workload(&req).name, "tmp-*");
+    }
+
+    fn spec(json: Value) -> PodSpec {
+        serde_json::from_value(json).expect("valid pod spec")
+    }
+
+    #[rstest]
+    #[case::deprecated_only(json!({"serviceAccount": "old"}), "old")]
+    #[case::both(json!({"serviceAccount": "old", "serviceAccountName": "new"}), "new")]
+    #[case::empty(json!({"serviceAccountName": ""}), "default")]
+    fn service_account(#[case] mut pod: Value, #[case] expected: &str) {
+        pod["containers"] = json!([]);
+        assert_eq!(pod_facts(&spec(pod), false).service_account, expected);
+    }
+
+    #[test]
+    fn pull_secrets_keep_order_and_drop_empty_and_duplicates() {
+        let secrets = json!([{"name": "b"}, {"name": ""}, {"name": "a"}, {"name": "b"}, {}]);
+        let s = spec(json!({"containers": [], "imagePullSecrets": secrets}));
+        assert_eq!(pod_facts(&s, true).image_pull_secrets, ["b", "a"]);
+    }
+
+    const ARCH: &str = "kubernetes.io/arch";
+    const OS: &str = "kubernetes.io/os";
+    const BOTH: &[&str] = &["linux/amd64", "linux/arm64"];
+
+    fn cluster(list: &[&str]) -> Vec<Platform> {
+        let parse = |p: &&str| Platform::parse(p).expect("valid platform");
+        list.iter().map(parse).collect()
+    }
+
+    /// A pod spec with this nodeSelector and these required node affinity terms.
+    fn pod(selector: Value, terms: &[Value]) -> PodSpec {
+        let mut pod = json!({"containers": [], "nodeSelector": selector});
+        if !terms.is_empty() {
+            let required = json!({"nodeSelectorTerms": terms});
+            pod["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": required}});
+        }
+        spec(pod)
+    }
+
+    fn term(expressions: &[Value]) -> Value {
+        json!({"matchExpressions": expressions})
+    }
+
+    fn expr(key: &str, op: &str, values: &[&str]) -> Value {
+        json!({"key": key, "operator": op, "values": values})
+    }
+
+    #[rstest]
+    #[case::unconstrained(json!({}), vec![], BOTH)]
+    #[case::selector_pin(json!({ARCH: "arm64"}), vec![], &["linux/arm64"])]
+    #[case::beta_os_label(json!({"beta.kubernetes.io/os": "linux"}), vec![], BOTH)]
+    #[case::in_two(json!({}), vec![term(&[expr(ARCH, "In", &["amd64", "arm64"])])], BOTH)]
+    #[case::in_intersected(json!({}), vec![term(&[
+        expr(ARCH, "In", &["amd64", "arm64"]), expr(ARCH, "In", &["arm64", "s390x"])
+    ])], &["linux/arm64"])]
+    #[case::not_in(json!({}), vec![term(&[expr(ARCH, "NotIn", &["arm64"])])], &["linux/amd64"])]
+    #[case::ored_one_unconstrained(json!({}), vec![
+        term(&[expr(ARCH, "In", &["arm64"])]),
+        term(&[expr("topology.kubernetes.io/zone", "In", &["eu-1a"])]),
+    ], BOTH)]
+    #[case::ored_union(json!({}), vec![
+        term(&[expr(ARCH, "In", &["arm64"])]),
+        term(&[expr(ARCH, "In", &["amd64"]), expr(OS, "In", &["linux"])]),
+    ], BOTH)]
+    #[case::selector_and_affinity(json!({"beta.kubernetes.io/arch": "arm64"}),
+        vec![term(&[expr(ARCH, "In", &["amd64", "arm64"])])], &["linux/arm64"])]
+    #[case::pin_outside_cluster(json!({ARCH: "s390x"}), vec![], &["linux/s390x"])]
+    #[case::affinity_pin_outside(json!({}), vec![term(&[expr(ARCH, "In", &["ppc64le"])])],
+        &["linux/ppc64le"])]
+    #[case::pin_both_outside(json!({ARCH: "amd64", OS: "windows"}), vec![], &["windows/amd64"])]
+    #[case::os_only_pin_outside(json!({OS: "windows"}), vec![], BOTH)]
+    #[case::excludes_all_without_pin(json!({}),
+        vec![term(&[expr(ARCH, "NotIn", &["amd64", "arm64"])])], BOTH)]
+    #[case::does_not_exist(json!({}), vec![term(&[expr(ARCH, "DoesNotExist", &[])])], BOTH)]
+    #[case::empty_term_matches_nothing(json!({}), vec![term(&[]), term(&[
+        expr(ARCH, "In", &["arm64"])
+    ])], &["linux/arm64"])]
+    #[case::empty_selector_value(json!({ARCH: ""}), vec![], BOTH)]
+    fn platforms_from_pod(
+        #[case] selector: Value,
+        #[case] terms: Vec<Value>,
+        #[case] expected: &[&str],
+    ) {
+        assert_eq!(
+            platforms(&pod(selector, &terms), &cluster(BOTH)),
+            cluster(expected)
+        );
+    }
+
+    #[test]
+    fn variants_in_cluster_list_match_on_os_and_arch() {
+        let list = cluster(&["linux/amd64", "linux/arm/v6", "linux/arm/v7"]);
+        let arm = platforms(&pod(json!({ARCH: "arm"}), &[]), &list);
+        assert_eq!(arm, cluster(&["linux/arm/v6", "linux/arm/v7"]));
+    }
+
+    #[test]
+    fn alternatives_keep_os_and_arch_together() {
+        let linux_amd = term(&[expr(ARCH, "In", &["amd64"]), expr(OS, "In", &["linux"])]);
+        let windows_arm = term(&[expr(ARCH, "In", &["arm64"]), expr(OS, "In", &["windows"])]);
+        let list = cluster(&["linux/amd64", "linux/arm64", "windows/arm64"]);
+        let fitting = platforms(&pod(json!({}), &[linux_amd, windows_arm]), &list);
+        assert_eq!(fitting, cluster(&["linux/amd64", "windows/arm64"]));
+    }
+}

@@ -13,6 +13,7 @@ mod proxy;
 mod registry;
 mod server;
 mod token;
+mod webhook;
 mod world;
 
 // A test file that uses only part of the harness must not warn about the rest.
@@ -30,5 +31,7 @@ pub use registry::*;
 pub use server::*;
 #[allow(unused_imports)]
 pub use token::*;
+#[allow(unused_imports)]
+pub use webhook::*;
 #[allow(unused_imports)]
 pub use world::*;

@@ -70,6 +70,8 @@ pub enum Action {
     RedirectTo { base: String },
     /// Never answers; the connection stays open until the server is dropped.
     Stall,
+    /// Waits, then handles the request as if no rule matched (a slow registry).
+    Delay(Duration),
 }
 
 impl Action {
@@ -178,6 +180,11 @@ async fn apply(action: Action, uri: &axum::http::Uri) -> Response {
                 uri.path_and_query().map_or("/", |p| p.as_str())
             );
             (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, target)]).into_response()
+        }
+        // The proxy forwards after the delay; elsewhere a delayed request finds nothing.
+        Action::Delay(by) => {
+            tokio::time::sleep(by).await;
+            StatusCode::NOT_FOUND.into_response()
         }
         Action::Stall => {
             // An hour is "forever" for a test; the runtime drops this when the test ends.
@@ -289,7 +296,10 @@ async fn proxy_handler(State(state): State<Arc<ProxyState>>, request: Request) -
         .policy
         .matching_action(&parts.method, parts.uri.path())
     {
-        return apply(action, &parts.uri).await;
+        match action {
+            Action::Delay(by) => tokio::time::sleep(by).await,
+            other => return apply(other, &parts.uri).await,
+        }
     }
 
     // Request bodies are manifests and small test blobs, so buffering them is fine and

@@ -1,0 +1,395 @@
+//! The answer to one AdmissionReview: which images a workload pulls, with which credentials
+//! and for which platforms, the probes (through the verdict cache, all in parallel, cut off at
+//! the review's deadline), and the policy's decision turned into an AdmissionResponse.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse};
+use kube::core::response::StatusSummary;
+
+use crate::cache::{CacheOptions, ProbeKey, VerdictCache};
+use crate::client::RegistryClient;
+use crate::keyring::Keyring;
+use crate::metrics::Metrics;
+use crate::platform::Platform;
+use crate::policy::{Action, Decision, Finding, Policy, PolicyError};
+use crate::probe::{self, ProbeOptions, Report};
+use crate::pullsecrets::{PodCredentials, PullSecretRefs, SecretStore};
+use crate::reference::ImageRef;
+use crate::reload::Reloading;
+use crate::verdict::Verdict;
+use crate::workload::{self, ImageUse, Workload, WorkloadError};
+
+/// What a [`Reviewer`] is built from.
+pub struct ReviewerConfig {
+    pub registry: RegistryClient,
+    /// `None` when there is no API server to read pull secrets from.
+    pub secrets: Option<SecretStore>,
+    pub node: Arc<Keyring>,
+    pub cache: CacheOptions,
+    pub policy: Arc<Reloading<Policy, PolicyError>>,
+    pub metrics: Arc<Metrics>,
+    pub probe_timeout: Duration,
+}
+
+/// Decides AdmissionReviews. Cheap to share: everything inside is reference-counted.
+pub struct Reviewer {
+    registry: RegistryClient,
+    secrets: Option<SecretStore>,
+    node: Arc<Keyring>,
+    cache: VerdictCache,
+    policy: Arc<Reloading<Policy, PolicyError>>,
+    metrics: Arc<Metrics>,
+    probe_timeout: Duration,
+}
+
+/// The decision for one request, before it becomes an AdmissionResponse.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// The resource kind, for metrics (`unknown` when it was not read).
+    pub kind: &'static str,
+    pub decision: Decision,
+    /// Every image's finding, pullable ones included (for `pullgate review`).
+    pub findings: Vec<Finding>,
+}
+
+impl Outcome {
+    /// allow, warn, deny or exempt: the `decision` label of the review metric.
+    pub fn label(&self) -> &'static str {
+        match self.decision.audit.get("decision").map(String::as_str) {
+            Some("exempt") => "exempt",
+            _ if !self.decision.allowed => "deny",
+            _ if !self.decision.warnings.is_empty() => "warn",
+            _ => "allow",
+        }
+    }
+}
+
+impl Reviewer {
+    pub fn new(config: ReviewerConfig) -> Self {
+        Reviewer {
+            registry: config.registry,
+            secrets: config.secrets,
+            node: config.node,
+            cache: VerdictCache::new(config.cache),
+            policy: config.policy,
+            metrics: config.metrics,
+            probe_timeout: config.probe_timeout,
+        }
+    }
+
+    pub fn cache(&self) -> &VerdictCache {
+        &self.cache
+    }
+
+    /// Answers `request` within `budget`. Never fails: a problem is a decision.
+    pub async fn review(
+        &self,
+        request: &AdmissionRequest<DynamicObject>,
+        budget: Duration,
+    ) -> AdmissionResponse {
+        let started = Instant::now();
+        let policy = self.policy.current();
+        // The inner steps each stop at the deadline; this guard only catches a step that
+        // does not, so the apiserver still gets an answer in time.
+        let guard = budget + Duration::from_millis(200);
+        let outcome = match tokio::time::timeout(guard, self.decide(request, &policy, budget)).await
+        {
+            Ok(outcome) => outcome,
+            Err(_) => overran(&policy, budget),
+        };
+        let took = started.elapsed();
+        self.metrics.review(outcome.kind, outcome.label(), took);
+        tracing::info!(
+            uid = %request.uid,
+            kind = outcome.kind,
+            namespace = request.namespace.as_deref().unwrap_or_default(),
+            name = %request.name,
+            dry_run = request.dry_run,
+            decision = outcome.label(),
+            took_ms = took.as_millis() as u64,
+            "reviewed"
+        );
+        response(request, outcome.decision)
+    }
+
+    /// The decision for `request`, with every image probed before `budget` runs out.
+    pub async fn decide(
+        &self,
+        request: &AdmissionRequest<DynamicObject>,
+        policy: &Policy,
+        budget: Duration,
+    ) -> Outcome {
+        let deadline = Instant::now() + budget;
+        let namespace = request.namespace.as_deref().unwrap_or_default();
+        if policy.namespace_exempt(namespace) {
+            return Outcome {
+                kind: "unknown",
+                decision: policy.decide(namespace, &[]),
+                findings: Vec::new(),
+            };
+        }
+        match workload::from_request(request) {
+            Ok(Some(workload)) => {
+                self.decide_workload(&workload, policy, deadline, budget)
+                    .await
+            }
+            Ok(None) => Outcome {
+                kind: "unknown",
+                decision: policy.decide(namespace, &[]),
+                findings: Vec::new(),
+            },
+            Err(e) => unreadable(policy, &e),
+        }
+    }
+
+    /// The decision for a workload already read (also used by `pullgate review`).
+    pub async fn decide_workload(
+        &self,
+        workload: &Workload,
+        policy: &Policy,
+        deadline: Instant,
+        budget: Duration,
+    ) -> Outcome {
+        let credentials = self.credentials(workload, deadline).await;
+        let platforms = workload.platforms(policy.platforms());
+
+        // One probe per distinct image, however many containers use it.
+        let mut distinct: Vec<&str> = Vec::new();
+        for use_ in &workload.images {
+            if !distinct.contains(&use_.image.as_str()) {
+                distinct.push(&use_.image);
+            }
+        }
+        let reports = join_all(distinct.iter().map(|image| {
+            self.check_image(image, &credentials, &platforms, policy, deadline, budget)
+        }))
+        .await;
+        let by_image: HashMap<&str, &Checked> =
+            distinct.iter().copied().zip(reports.iter()).collect();
+        let findings: Vec<Finding> = workload
+            .images
+            .iter()
+            .filter_map(|use_| by_image.get(use_.image.as_str()).map(|c| finding(use_, c)))
+            .collect();
+        let mut decision = policy.decide(&workload.namespace, &findings);
+        decision.warnings.extend(
+            credentials
+                .warnings
+                .iter()
+                .map(|w| format!("pullgate: {w}")),
+        );
+        Outcome {
+            kind: workload.kind.as_str(),
+            decision,
+            findings,
+        }
+    }
+
+    /// The pod's pull secrets, read before the deadline; what could not be read in time is
+    /// treated like an unreadable secret.
+    async fn credentials(&self, workload: &Workload, deadline: Instant) -> PodCredentials {
+        let Some(secrets) = &self.secrets else {
+            return PodCredentials::default();
+        };
+        let refs = PullSecretRefs {
+            names: workload.pod.image_pull_secrets.clone(),
+            service_account: workload.pod.service_account.clone(),
+            is_template: workload.pod.is_template,
+        };
+        let lookup = secrets.for_pod(&workload.namespace, &refs);
+        match tokio::time::timeout_at(deadline.into(), lookup).await {
+            Ok(credentials) => credentials,
+            Err(_) => PodCredentials {
+                warnings: vec![
+                    "pull secrets could not be read before the review's deadline".to_owned(),
+                ],
+                incomplete: true,
+                ..PodCredentials::default()
+            },
+        }
+    }
+
+    async fn check_image(
+        &self,
+        written: &str,
+        credentials: &PodCredentials,
+        platforms: &[Platform],
+        policy: &Policy,
+        deadline: Instant,
+        budget: Duration,
+    ) -> Checked {
+        let image = match ImageRef::parse(written) {
+            Ok(image) => image,
+            Err(e) => {
+                return Checked {
+                    report: Arc::new(probe::invalid_reference(written, &e)),
+                    registry: String::new(),
+                    exempt: policy.image_exempt(written, written),
+                };
+            }
+        };
+        let reference = image.to_string();
+        let registry = image.registry().to_owned();
+        if policy.image_exempt(written, &reference) {
+            return Checked {
+                report: Arc::new(probe::exempt(&reference)),
+                registry,
+                exempt: true,
+            };
+        }
+        let found = credentials.lookup(&self.node, &image);
+        let key = ProbeKey {
+            reference: reference.clone(),
+            platforms: platforms.to_vec(),
+            credentials: found.iter().map(|c| c.id()).collect(),
+        };
+        let options = ProbeOptions {
+            platforms: platforms.to_vec(),
+            timeout: self.probe_timeout,
+        };
+        let (client, metrics) = (self.registry.clone(), self.metrics.clone());
+        let probe = async move {
+            let _running = metrics.probe_started();
+            let report = probe::probe(&client, &image, &found, &options).await;
+            metrics.probe(report.verdict);
+            report
+        };
+        let lookup = self.cache.get_or_probe(key, probe);
+        let mut report = match tokio::time::timeout_at(deadline.into(), lookup).await {
+            Ok(cached) => {
+                self.metrics.cache_lookup(cached.hit);
+                cached.report
+            }
+            Err(_) => Arc::new(probe::unfinished(&reference, budget)),
+        };
+        // A 401 when a pull secret could not be read says nothing about the node, which may
+        // well have that secret.
+        if credentials.incomplete && report.verdict == Verdict::Unauthorized {
+            let mut downgraded = (*report).clone();
+            downgraded.verdict = Verdict::Unavailable;
+            downgraded.reason = format!(
+                "{} (not conclusive: a pull secret could not be read)",
+                downgraded.reason
+            );
+            report = Arc::new(downgraded);
+        }
+        Checked {
+            report,
+            registry,
+            exempt: false,
+        }
+    }
+}
+
+/// One distinct image's result.
+struct Checked {
+    report: Arc<Report>,
+    /// The registry as the reference names it, for per-registry policy.
+    registry: String,
+    exempt: bool,
+}
+
+fn finding(use_: &ImageUse, checked: &Checked) -> Finding {
+    let report = &checked.report;
+    Finding {
+        image: use_.image.clone(),
+        reference: if report.reference.is_empty() {
+            use_.image.clone()
+        } else {
+            report.reference.clone()
+        },
+        registry_host: checked.registry.clone(),
+        container: use_.container.clone(),
+        location: use_.location.to_string(),
+        // An exempt image is reported pullable so the policy never judges it.
+        verdict: if checked.exempt {
+            Verdict::Pullable
+        } else {
+            report.verdict
+        },
+        reason: report.reason.clone(),
+        failed_blob: report.failed_blob.as_ref().map(ToString::to_string),
+        registry_message: report
+            .registry
+            .as_ref()
+            .map(|m| match (&m.code, &m.message) {
+                (Some(code), Some(message)) => format!("{code}: {message}"),
+                _ => m.to_string(),
+            }),
+    }
+}
+
+/// The decision for a request whose object cannot be read.
+fn unreadable(policy: &Policy, error: &WorkloadError) -> Outcome {
+    let (verdict, kind) = match error {
+        // A kind the webhook is not meant to see (a misconfigured rule): not the user's fault.
+        WorkloadError::UnsupportedKind { .. } => (Verdict::Unavailable, "unknown"),
+        WorkloadError::Malformed { .. } => (Verdict::Invalid, "unknown"),
+        WorkloadError::MissingObject { kind } => (Verdict::Invalid, kind.as_str()),
+    };
+    let message = format!("pullgate: {error}");
+    Outcome {
+        kind,
+        decision: by_action(policy, verdict, message),
+        findings: Vec::new(),
+    }
+}
+
+/// The answer when the review itself ran out of time: the policy for `unavailable`.
+fn overran(policy: &Policy, budget: Duration) -> Outcome {
+    let message = format!(
+        "pullgate: the review did not finish within {}",
+        humantime::format_duration(budget)
+    );
+    Outcome {
+        kind: "unknown",
+        decision: by_action(policy, Verdict::Unavailable, message),
+        findings: Vec::new(),
+    }
+}
+
+/// A decision with no image to name: the policy's action for `verdict`, applied directly.
+fn by_action(policy: &Policy, verdict: Verdict, message: String) -> Decision {
+    let action = match (policy.mode(), policy.action(verdict, "")) {
+        (crate::policy::Mode::Warn, Action::Deny) => Action::Warn,
+        (_, action) => action,
+    };
+    let mut decision = Decision {
+        allowed: action != Action::Deny,
+        ..Decision::default()
+    };
+    decision
+        .audit
+        .insert("decision".into(), format!("{action:?}").to_lowercase());
+    match action {
+        Action::Deny => decision.message = Some(message),
+        Action::Warn => decision.warnings.push(message),
+        Action::Allow => {}
+    }
+    decision
+}
+
+/// The AdmissionResponse for `decision`, echoing the request's uid.
+pub fn response(
+    request: &AdmissionRequest<DynamicObject>,
+    decision: Decision,
+) -> AdmissionResponse {
+    let mut response = AdmissionResponse::from(request);
+    if let Some(message) = decision.message.filter(|_| !decision.allowed) {
+        response = response.deny(message);
+        response.result.status = Some(StatusSummary::Failure);
+        response.result.code = 403;
+        response.result.reason = "Forbidden".into();
+    }
+    response.allowed = decision.allowed;
+    if !decision.warnings.is_empty() {
+        response.warnings = Some(decision.warnings);
+    }
+    response.audit_annotations = decision.audit.into_iter().collect();
+    response
+}

@@ -1,0 +1,419 @@
+//! The HTTPS server kube-apiserver calls (`POST /validate`), and the plain-HTTP admin server
+//! beside it (`/healthz`, `/readyz`, `/metrics`). Handlers are glue: decisions are made in
+//! [`crate::admission`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::admission::{Reviewer, ReviewerConfig};
+use crate::cache::CacheOptions;
+use crate::client::{ClientError, ClientOptions, RegistryClient};
+use crate::keyring::Keyring;
+use crate::metrics::Metrics;
+use crate::policy::{Policy, PolicyError};
+use crate::pullsecrets::{SecretOptions, SecretStore};
+use crate::reload::{ReloadError, Reloading};
+use crate::tls::{CertFiles, CertStore, DevCertificate, TlsError};
+
+/// Where the serving certificate comes from.
+#[derive(Debug)]
+pub enum TlsSource {
+    /// PEM files, re-read when they change.
+    Files(CertFiles),
+    /// A generated development certificate.
+    Development(DevCertificate),
+}
+
+/// Where the policy comes from.
+#[derive(Clone, Debug)]
+pub enum PolicySource {
+    /// The built-in default policy.
+    Embedded,
+    /// A YAML file, re-read when it changes.
+    File(PathBuf),
+}
+
+/// Everything the server needs, parsed and typed.
+pub struct Config {
+    pub tls: TlsSource,
+    pub policy: PolicySource,
+    /// Most time a review may take; the apiserver's `?timeout=` can only shorten it.
+    pub review_budget: Duration,
+    /// Most time a probe may take. Probes outlive the review that started them (the result is
+    /// cached for the next review), so this may exceed the budget.
+    pub probe_timeout: Duration,
+    pub registry: ClientOptions,
+    pub cache: CacheOptions,
+    pub secrets: SecretOptions,
+    /// Reads pull secrets; `None` probes with node credentials only.
+    pub kube: Option<kube::Client>,
+    /// Node-level credentials (mounted docker configs).
+    pub node_keyring: Keyring,
+    /// How often the policy and certificate files are checked for changes.
+    pub reload_interval: Duration,
+    /// Largest AdmissionReview body accepted.
+    pub max_body_bytes: usize,
+    /// After a shutdown signal, how long the server goes on serving while reporting not ready,
+    /// so the Service stops sending it traffic before it stops accepting.
+    pub shutdown_delay: Duration,
+    /// How long in-flight reviews get to finish once accepting has stopped.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            tls: TlsSource::Files(CertFiles {
+                cert: "/etc/pullgate/tls/tls.crt".into(),
+                key: "/etc/pullgate/tls/tls.key".into(),
+            }),
+            policy: PolicySource::Embedded,
+            review_budget: Duration::from_secs(8),
+            probe_timeout: Duration::from_secs(20),
+            registry: ClientOptions {
+                blob_ttl: Duration::from_secs(10 * 60),
+                ..ClientOptions::default()
+            },
+            cache: CacheOptions::default(),
+            secrets: SecretOptions::default(),
+            kube: None,
+            node_keyring: Keyring::default(),
+            reload_interval: Duration::from_secs(10),
+            max_body_bytes: 8 * 1024 * 1024,
+            shutdown_delay: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The sockets the server answers on; bound by the caller so tests can use port 0.
+#[derive(Debug)]
+pub struct Listeners {
+    /// HTTPS, for kube-apiserver.
+    pub webhook: TcpListener,
+    /// Plain HTTP, for probes and Prometheus.
+    pub admin: TcpListener,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("serving certificate: {0}")]
+    Certificate(#[from] ReloadError<TlsError>),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("policy: {0}")]
+    Policy(#[from] ReloadError<PolicyError>),
+    #[error("registry client: {0}")]
+    Registry(#[from] ClientError),
+    #[error("admin server: {0}")]
+    Admin(#[source] std::io::Error),
+}
+
+/// What the handlers share.
+struct App {
+    reviewer: Reviewer,
+    metrics: Arc<Metrics>,
+    budget: Duration,
+    max_body_bytes: usize,
+    ready: AtomicBool,
+}
+
+/// Runs the webhook until `shutdown` resolves, then drains: readiness turns false, serving
+/// goes on for `shutdown_delay`, accepting stops, in-flight reviews finish (at most
+/// `drain_timeout`), idle connections close.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let certs = Arc::new(match config.tls {
+        TlsSource::Files(files) => CertStore::from_files(files)?,
+        TlsSource::Development(dev) => CertStore::fixed(dev.certified_key()?),
+    });
+    let policy = Arc::new(match &config.policy {
+        PolicySource::Embedded => Reloading::fixed("policy", Policy::default()),
+        PolicySource::File(path) => {
+            let shown = path.display().to_string();
+            Reloading::load(
+                "policy",
+                vec![path.clone()],
+                crate::policy::MAX_POLICY_BYTES as u64,
+                move |bytes| Policy::from_slice(&bytes[0], &shown),
+            )?
+        }
+    });
+    let metrics = Arc::new(Metrics::new());
+    let registry = RegistryClient::with_observer(config.registry, metrics.request_observer())?;
+    let app = Arc::new(App {
+        reviewer: Reviewer::new(ReviewerConfig {
+            registry,
+            secrets: config
+                .kube
+                .map(|client| SecretStore::new(client, config.secrets)),
+            node: Arc::new(config.node_keyring),
+            cache: config.cache,
+            policy: policy.clone(),
+            metrics: metrics.clone(),
+            probe_timeout: config.probe_timeout,
+        }),
+        metrics,
+        budget: config.review_budget,
+        max_body_bytes: config.max_body_bytes,
+        ready: AtomicBool::new(true),
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |rx: &watch::Receiver<bool>| {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let mut background = JoinSet::new();
+    background.spawn({
+        let certs = certs.clone();
+        let done = stopped(&stop_rx);
+        async move { certs.watch(config.reload_interval, done).await }
+    });
+    background.spawn({
+        let done = stopped(&stop_rx);
+        policy.watch(config.reload_interval, done)
+    });
+
+    let admin = axum::serve(listeners.admin, admin_router(app.clone()))
+        .with_graceful_shutdown(stopped(&stop_rx));
+    let admin = tokio::spawn(async move { admin.await });
+
+    let tls = crate::tls::server_config(certs)?;
+    let webhook = webhook_router(app.clone());
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    let acceptor = TlsAcceptor::from(tls);
+    tracing::info!(
+        addr = ?listeners.webhook.local_addr().ok(),
+        "serving admission reviews"
+    );
+
+    tokio::pin!(shutdown);
+    let mut draining: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown, if draining.is_none() => {
+                tracing::info!(delay = ?config.shutdown_delay, "shutting down: not ready any more");
+                app.ready.store(false, Ordering::SeqCst);
+                draining = Some(Box::pin(tokio::time::sleep(config.shutdown_delay)));
+            }
+            _ = async { draining.as_mut().expect("guarded").await }, if draining.is_some() => break,
+            accepted = listeners.webhook.accept() => {
+                let Ok((tcp, _)) = accepted else { continue };
+                connections.spawn(serve_connection(tcp, acceptor.clone(), webhook.clone(), drain_rx.clone()));
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listeners.webhook);
+    let _ = drain_tx.send(true);
+    let drained = tokio::time::timeout(config.drain_timeout, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = connections.len(),
+            "drain timeout: closing connections"
+        );
+        connections.shutdown().await;
+    }
+    let _ = stop_tx.send(true);
+    while background.join_next().await.is_some() {}
+    match admin.await {
+        Ok(result) => result.map_err(ServerError::Admin)?,
+        Err(e) => tracing::warn!(error = %e, "admin server task failed"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Serves one TLS connection until it closes, or gracefully once draining starts: HTTP/1
+/// finishes the request in flight and closes, HTTP/2 sends GOAWAY.
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    acceptor: TlsAcceptor,
+    router: Router,
+    mut drain: watch::Receiver<bool>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+    let Ok(Ok(tls)) = handshake else {
+        tracing::debug!("TLS handshake failed or timed out");
+        return;
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(router));
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = drain.wait_for(|d| *d) => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = conn.await;
+}
+
+fn webhook_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/validate", post(validate))
+        .with_state(app)
+}
+
+fn admin_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(app)
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.ready.load(Ordering::SeqCst) {
+        "ok".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.encode(),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct ValidateQuery {
+    /// The apiserver's own deadline for this call, e.g. `10s` (the webhook's timeoutSeconds).
+    timeout: Option<String>,
+}
+
+/// The time a review may take: the configured budget, shortened to leave the apiserver a
+/// margin when its own timeout is tighter.
+pub fn review_budget(configured: Duration, apiserver_timeout: Option<&str>) -> Duration {
+    let Some(timeout) = apiserver_timeout.and_then(|t| humantime::parse_duration(t).ok()) else {
+        return configured;
+    };
+    // A fifth of the apiserver's timeout, at least 300 ms, is left for the network and for
+    // writing the answer.
+    let margin = (timeout / 5).max(Duration::from_millis(300));
+    configured.min(
+        timeout
+            .saturating_sub(margin)
+            .max(Duration::from_millis(100)),
+    )
+}
+
+async fn validate(
+    State(app): State<Arc<App>>,
+    Query(query): Query<ValidateQuery>,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let budget = review_budget(app.budget, query.timeout.as_deref());
+    let response = match axum::body::to_bytes(body, app.max_body_bytes).await {
+        Ok(bytes) => match parse_review(&bytes) {
+            Ok(request) => app.reviewer.review(&request, budget).await,
+            Err(invalid) => {
+                app.metrics.review("unknown", "error", started.elapsed());
+                *invalid
+            }
+        },
+        Err(e) => {
+            app.metrics.review("unknown", "error", started.elapsed());
+            AdmissionResponse::invalid(format!(
+                "pullgate: cannot read the AdmissionReview (over {} bytes, or cut short): {e}",
+                app.max_body_bytes
+            ))
+        }
+    };
+    axum::Json(response.into_review()).into_response()
+}
+
+/// The request inside an AdmissionReview body, or the answer for a body that is not one. The
+/// answer echoes the request's `uid` whenever the body has one, so the apiserver can match it.
+pub fn parse_review(
+    bytes: &[u8],
+) -> Result<AdmissionRequest<DynamicObject>, Box<AdmissionResponse>> {
+    let invalid = |problem: String| {
+        let mut response = AdmissionResponse::invalid(format!(
+            "pullgate: not a valid admission.k8s.io/v1 AdmissionReview: {problem}"
+        ));
+        response.uid = serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()
+            .and_then(|v| v.pointer("/request/uid")?.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        Box::new(response)
+    };
+    let review: AdmissionReview<DynamicObject> =
+        serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
+    review
+        .try_into()
+        .map_err(|e: kube::core::admission::ConvertAdmissionReviewError| invalid(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_apiservers_timeout_shortens_the_budget_with_a_margin() {
+        let eight = Duration::from_secs(8);
+        assert_eq!(review_budget(eight, None), eight);
+        assert_eq!(review_budget(eight, Some("30s")), eight);
+        assert_eq!(review_budget(eight, Some("10s")), eight);
+        assert_eq!(review_budget(eight, Some("5s")), Duration::from_secs(4));
+        assert_eq!(review_budget(eight, Some("1s")), Duration::from_millis(700));
+        assert_eq!(review_budget(eight, Some("garbage")), eight);
+    }
+
+    #[test]
+    fn a_malformed_review_is_answered_with_its_uid() {
+        let err = parse_review(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"abc-123","kind":5}}"#)
+            .unwrap_err();
+        assert_eq!(err.uid, "abc-123");
+        assert!(!err.allowed);
+        assert!(
+            err.result.message.contains("not a valid"),
+            "{}",
+            err.result.message
+        );
+        let err = parse_review(b"\xff not json").unwrap_err();
+        assert_eq!(err.uid, "");
+        let err = parse_review(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#)
+            .unwrap_err();
+        assert!(!err.allowed);
+    }
+}
