@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::future::join_all;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::core::params::GetParams;
@@ -221,8 +222,10 @@ impl SecretStore {
                 Err(e) => out.note(e),
             }
         }
-        for name in &names {
-            match self.secret(namespace, name).await.as_ref() {
+        // Read in parallel, merged in spec order: the kubelet's keyring order depends on it.
+        let lookups = join_all(names.iter().map(|name| self.secret(namespace, name))).await;
+        for (name, lookup) in names.iter().zip(lookups) {
+            match lookup.as_ref() {
                 Ok(config) => {
                     out.keyring.add(config);
                     out.secrets.push(format!("{namespace}/{name}"));

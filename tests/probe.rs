@@ -755,3 +755,49 @@ async fn manifests_over_4_mib_are_refused() {
         r.reason
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_that_answered_are_not_asked_again_for_the_same_repository_and_credential() {
+    let w = World::new();
+    w.push("team/app", "v1", ImageSpec::new().with_layers(&[100, 200]))
+        .await;
+    let registry = w.registry(RegistryAuth::htpasswd(&[
+        ("alice", "s3cret"),
+        ("bob", "hunter2"),
+    ]));
+    let proxy = PolicyProxy::start(&w.pki, &registry).await;
+    let client = RegistryClient::new(ClientOptions {
+        extra_roots: vec![w.pki.ca_der().clone()],
+        blob_ttl: Duration::from_secs(60),
+        ..ClientOptions::default()
+    })
+    .unwrap();
+    let image = format!("{}/team/app:v1", proxy.host());
+    let alice = [cred("alice", "s3cret")];
+    let first = check(&client, &image, &alice).await;
+    assert_verdict(&first, Verdict::Pullable);
+    assert_eq!(proxy.count("/blobs/"), 3);
+
+    // The same repository and credential: only the manifest is fetched again.
+    let again = check(&client, &image, &alice).await;
+    assert_verdict(&again, Verdict::Pullable);
+    assert!(again.blobs.iter().all(|b| b.cached), "{:?}", again.blobs);
+    assert_eq!(proxy.count("/blobs/"), 3);
+
+    // Another credential proves nothing by alice's answers: its blobs are asked for.
+    let bob = check(&client, &image, &[cred("bob", "hunter2")]).await;
+    assert_verdict(&bob, Verdict::Pullable);
+    assert!(bob.blobs.iter().all(|b| !b.cached));
+    assert_eq!(proxy.count("/blobs/"), 6);
+
+    // A blob refused since is still caught for a credential that has not seen it pass.
+    let layer = first.blobs[1].digest.to_string();
+    proxy.rule(Rule::new(
+        None,
+        &format!("/blobs/{layer}"),
+        Action::denied("quarantined"),
+    ));
+    let fresh_client = w.client();
+    let refused = check(&fresh_client, &image, &alice).await;
+    assert_verdict(&refused, Verdict::Blocked);
+}

@@ -369,3 +369,98 @@ async fn shutdown_turns_unready_and_finishes_the_review_in_flight() {
     // Nothing listens any more.
     assert!(tokio::net::TcpStream::connect(hook.addr).await.is_err());
 }
+
+/// Every fixture through the server against an empty registry: exactly the images each request
+/// adds are probed, and each is named in the denial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_and_operation_probes_exactly_the_images_it_adds() {
+    let w = World::new();
+    let proxy = PolicyProxy::start(&w.pki, &w.seed).await;
+    let hook = Webhook::start(test_config(&w.pki), &w.pki).await;
+    // fixture → (container, repository:tag) pairs that must be probed and denied.
+    let cases: &[(&str, &[(&str, &str)])] = &[
+        (
+            "pod-create.json",
+            &[
+                ("migrate", "team/migrate:2.3"),
+                ("app", "team/app:1.0"),
+                ("models", "ml/models:2026.03"),
+            ],
+        ),
+        ("pod-dry-run.json", &[("tmp", "tools/busybox:1.36")]),
+        ("pod-update.json", &[("app", "team/app:1.1")]),
+        (
+            "pod-ephemeralcontainers.json",
+            &[("debugger-k2m9x", "tools/netshoot:0.13")],
+        ),
+        ("deployment.json", &[("api", "team/api:3.2.1")]),
+        ("replicaset.json", &[("api", "team/api:3.2.1")]),
+        (
+            "statefulset.json",
+            &[
+                ("init-perms", "infra/toolbox:1.2"),
+                ("postgres", "db/postgres:16.4"),
+            ],
+        ),
+        (
+            "daemonset.json",
+            &[("node-exporter", "monitoring/node-exporter:1.8.2")],
+        ),
+        (
+            "job.json",
+            &[
+                ("report", "team/report:2.0"),
+                ("fonts", "assets/fonts:2025.1"),
+            ],
+        ),
+        ("cronjob.json", &[("backup", "ops/backup:5.2")]),
+        ("replicationcontroller.json", &[("web", "legacy/web:0.9")]),
+        (
+            "podtemplate.json",
+            &[(
+                "worker",
+                "team/worker@sha256:4f6a8c0e2b4d6f8a0c2e4b6d8f0a2c4e6b8d0f2a4c6e8b0d2f4a6c8e0b2d4f6a",
+            )],
+        ),
+    ];
+    // Verdicts are cached: an image already probed by an earlier case is not asked again.
+    let mut probed = std::collections::HashSet::new();
+    for (name, expected) in cases {
+        let before = proxy.requests().len();
+        let review = fixture(name, &proxy.host());
+        let response = hook.review(&review).await;
+        assert_eq!(response["uid"], review["request"]["uid"], "{name}");
+        assert_eq!(response["allowed"], false, "{name}: {response:#}");
+        let text = message(&response);
+        for (container, image) in *expected {
+            assert!(
+                text.contains(&format!("\"{container}\"")) && text.contains(image),
+                "{name}: {container} {image} missing from:\n{text}"
+            );
+            assert!(text.contains("not found"), "{name}: {text}");
+        }
+        let asked: Vec<String> = proxy.requests()[before..]
+            .iter()
+            .map(|r| r.path.clone())
+            .collect();
+        let manifests = asked.iter().filter(|p| p.contains("/manifests/")).count();
+        let new = expected.iter().filter(|(_, image)| probed.insert(*image)).count();
+        assert_eq!(manifests, new, "{name}: {asked:?}");
+    }
+
+    // Nothing to add: DELETE is allowed without a probe.
+    let before = proxy.requests().len();
+    let response = hook
+        .review(&fixture("pod-delete.json", &proxy.host()))
+        .await;
+    assert_eq!(response["allowed"], true);
+    assert_eq!(proxy.requests().len(), before);
+
+    // A kind pullgate does not know (a misconfigured rule) is admitted with a warning.
+    let response = hook.review(&fixture("rollout.json", &proxy.host())).await;
+    assert_eq!(response["allowed"], true, "{response:#}");
+    assert!(
+        warnings(&response)[0].contains("unsupported kind Rollout"),
+        "{response:#}"
+    );
+}
