@@ -314,13 +314,7 @@ fn finding(use_: &ImageUse, checked: &Checked) -> Finding {
         },
         reason: report.reason.clone(),
         failed_blob: report.failed_blob.as_ref().map(ToString::to_string),
-        registry_message: report
-            .registry
-            .as_ref()
-            .map(|m| match (&m.code, &m.message) {
-                (Some(code), Some(message)) => format!("{code}: {message}"),
-                _ => m.to_string(),
-            }),
+        registry_message: report.registry.as_ref().map(|m| m.with_code()),
     }
 }
 

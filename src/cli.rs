@@ -1,9 +1,10 @@
 //! The `pullgate` command line: flags (each with an environment variable) parsed once into
-//! typed values, and the `check` command that probes images and prints the verdicts.
+//! typed values, and the `check` command that probes images and prints the verdicts. The
+//! `review` command lives in [`crate::review`].
 
 use std::{fmt, io::Write, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures_util::future::join_all;
 use tokio::net::TcpListener;
 
@@ -31,8 +32,28 @@ const MAX_DOCKER_CONFIG: u64 = 1024 * 1024;
     about = "Refuses workloads whose images cannot really be pulled"
 )]
 pub struct Cli {
+    /// Log format on stderr: text for people, json (one object a line) for log collectors.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        default_value_t = LogFormat::Text,
+        env = "PULLGATE_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; coloured only on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -43,6 +64,9 @@ pub enum Command {
     /// Run the admission webhook. With no flags: the embedded default policy and a generated
     /// development certificate whose CA is written out and printed.
     Serve(Box<ServeArgs>),
+    /// Review manifests (or AdmissionReviews) offline, as the webhook would decide them; exit 0
+    /// when every workload is admitted, 1 when any is refused.
+    Review(crate::review::ReviewArgs),
 }
 
 #[derive(Debug, Args)]
@@ -362,11 +386,11 @@ pub async fn serve_config(args: ServeArgs) -> Result<Config, CliError> {
                 .dev_ca_out
                 .unwrap_or_else(|| std::env::temp_dir().join("pullgate-dev-ca.pem"));
             std::fs::write(&out, &dev.ca_pem)?;
+            let hosts = args.dev_hosts.join(", ");
+            let ca = out.display();
             eprintln!(
-                "pullgate: no --tls-cert given: serving a development certificate for {}.\n\
-                 Its CA is in {} (curl --cacert {0}):\n{}",
-                args.dev_hosts.join(", "),
-                out.display(),
+                "pullgate: no --tls-cert given: serving a development certificate for {hosts}.\n\
+                 Its CA is in {ca} (curl --cacert {ca} ...):\n{}",
                 dev.ca_pem
             );
             TlsSource::Development(dev)

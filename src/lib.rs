@@ -14,6 +14,7 @@
 //! - [`verdict`]: verdict classes and how registry answers map onto them.
 //! - [`probe`]: the deep probe that ties these together.
 //! - [`cli`]: the `pullgate` command line.
+//! - [`review`]: `pullgate review`, the webhook's answer for manifests, offline.
 #![forbid(unsafe_code)]
 
 pub use server::{Config, Listeners, run};
@@ -33,6 +34,7 @@ pub mod probe;
 pub mod pullsecrets;
 pub mod reference;
 pub mod reload;
+pub mod review;
 pub mod server;
 pub mod tls;
 pub mod token;

@@ -1,25 +1,38 @@
 //! The `pullgate` binary: parses the command line, sets up logging, runs a command.
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::Parser;
-use pullgate::cli::{Cli, Command};
+use pullgate::cli::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("PULLGATE_LOG")
                 .unwrap_or_else(|_| EnvFilter::new(default_log_level(&cli.command))),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        // Log collectors want one object a line, with the event's fields at the top level.
+        LogFormat::Json => logs.json().flatten_event(true).with_ansi(false).init(),
+        // Colour codes are noise in a pod's log or a CI job's output.
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     let result = match cli.command {
-        Command::Check(args) => pullgate::cli::check(args).await,
-        Command::Serve(args) => pullgate::cli::serve(args).await,
+        Command::Check(args) => pullgate::cli::check(args)
+            .await
+            .map_err(anyhow::Error::from),
+        Command::Serve(args) => pullgate::cli::serve(args)
+            .await
+            .map_err(anyhow::Error::from),
+        Command::Review(args) => pullgate::review::run(args)
+            .await
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(code) => code,
@@ -30,10 +43,11 @@ async fn main() -> ExitCode {
     }
 }
 
-/// `serve` logs its decisions; `check` prints its own output and logs only problems.
+/// `serve` logs its decisions; `check` and `review` print their own output and log only
+/// problems.
 fn default_log_level(command: &Command) -> &'static str {
     match command {
         Command::Serve(_) => "info",
-        Command::Check(_) => "warn",
+        Command::Check(_) | Command::Review(_) => "warn",
     }
 }

@@ -141,7 +141,7 @@ impl Failure {
         let verdict = classify_status(status.as_u16(), &message);
         let mut reason = format!("{what}: HTTP {status}");
         if !message.is_empty() {
-            reason.push_str(&format!(": {message}"));
+            reason.push_str(&format!(": {}", message.with_code()));
         }
         Failure {
             verdict,

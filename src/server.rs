@@ -34,6 +34,15 @@ use crate::pullsecrets::{SecretOptions, SecretStore};
 use crate::reload::{ReloadError, Reloading};
 use crate::tls::{CertFiles, CertStore, DevCertificate, TlsError};
 
+/// The path kube-apiserver POSTs AdmissionReviews to (the webhook's `clientConfig.service.path`).
+pub const WEBHOOK_PATH: &str = "/validate";
+/// Liveness, on the admin listener: 200 while the process serves.
+pub const HEALTHZ_PATH: &str = "/healthz";
+/// Readiness, on the admin listener: 503 once shutting down.
+pub const READYZ_PATH: &str = "/readyz";
+/// Prometheus metrics, on the admin listener.
+pub const METRICS_PATH: &str = "/metrics";
+
 /// Where the serving certificate comes from.
 #[derive(Debug)]
 pub enum TlsSource {
@@ -283,15 +292,15 @@ async fn serve_connection(
 
 fn webhook_router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/validate", post(validate))
+        .route(WEBHOOK_PATH, post(validate))
         .with_state(app)
 }
 
 fn admin_router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route(HEALTHZ_PATH, get(|| async { "ok" }))
+        .route(READYZ_PATH, get(readyz))
+        .route(METRICS_PATH, get(metrics))
         .with_state(app)
 }
 

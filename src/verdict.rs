@@ -152,6 +152,17 @@ fn clean(s: &str) -> String {
     out
 }
 
+impl RegistryMessage {
+    /// The code and the message, `PROJECTPOLICYVIOLATION: current image with…`: the code is
+    /// what a user searches the registry's documentation for.
+    pub fn with_code(&self) -> String {
+        match (&self.code, &self.message) {
+            (Some(c), Some(m)) => format!("{c}: {m}"),
+            _ => self.to_string(),
+        }
+    }
+}
+
 impl fmt::Display for RegistryMessage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.code, &self.message) {

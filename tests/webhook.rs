@@ -444,7 +444,10 @@ async fn every_kind_and_operation_probes_exactly_the_images_it_adds() {
             .map(|r| r.path.clone())
             .collect();
         let manifests = asked.iter().filter(|p| p.contains("/manifests/")).count();
-        let new = expected.iter().filter(|(_, image)| probed.insert(*image)).count();
+        let new = expected
+            .iter()
+            .filter(|(_, image)| probed.insert(*image))
+            .count();
         assert_eq!(manifests, new, "{name}: {asked:?}");
     }
 
