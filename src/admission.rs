@@ -24,6 +24,10 @@ use crate::reload::Reloading;
 use crate::verdict::Verdict;
 use crate::workload::{self, ImageUse, Workload, WorkloadError};
 
+/// Distinct images one review may probe. Real pods use a handful; a spec listing more is an
+/// attempt to make the webhook open connections on someone's behalf.
+pub const MAX_IMAGES_PER_REVIEW: usize = 256;
+
 /// What a [`Reviewer`] is built from.
 pub struct ReviewerConfig {
     pub registry: RegistryClient,
@@ -104,16 +108,27 @@ impl Reviewer {
         };
         let took = started.elapsed();
         self.metrics.review(outcome.kind, outcome.label(), took);
-        tracing::info!(
-            uid = %request.uid,
-            kind = outcome.kind,
-            namespace = request.namespace.as_deref().unwrap_or_default(),
-            name = %request.name,
-            dry_run = request.dry_run,
-            decision = outcome.label(),
-            took_ms = took.as_millis() as u64,
-            "reviewed"
-        );
+        // Every refusal and warning is logged; plain admissions only at debug, because at
+        // thousands of reviews a second the log would cost more than the review.
+        macro_rules! log_review {
+            ($level:expr) => {
+                tracing::event!(
+                    $level,
+                    uid = %request.uid,
+                    kind = outcome.kind,
+                    namespace = request.namespace.as_deref().unwrap_or_default(),
+                    name = %request.name,
+                    dry_run = request.dry_run,
+                    decision = outcome.label(),
+                    took_ms = took.as_millis() as u64,
+                    "reviewed"
+                )
+            };
+        }
+        match outcome.label() {
+            "allow" | "exempt" => log_review!(tracing::Level::DEBUG),
+            _ => log_review!(tracing::Level::INFO),
+        }
         response(request, outcome.decision)
     }
 
@@ -164,6 +179,18 @@ impl Reviewer {
             if !distinct.contains(&use_.image.as_str()) {
                 distinct.push(&use_.image);
             }
+        }
+        if distinct.len() > MAX_IMAGES_PER_REVIEW {
+            let message = format!(
+                "pullgate: the {} uses {} distinct images; at most {MAX_IMAGES_PER_REVIEW} are checked per review",
+                workload.kind.as_str(),
+                distinct.len()
+            );
+            return Outcome {
+                kind: workload.kind.as_str(),
+                decision: by_action(policy, Verdict::Invalid, message),
+                findings: Vec::new(),
+            };
         }
         let reports = join_all(distinct.iter().map(|image| {
             self.check_image(image, &credentials, &platforms, policy, deadline, budget)

@@ -12,6 +12,7 @@ use crate::{
     Config, Listeners,
     cache::CacheOptions,
     client::{ClientOptions, RegistryClient},
+    egress::EgressPolicy,
     keyring::{self, Credential, Keyring},
     platform::Platform,
     probe::{self, ProbeOptions, Report},
@@ -334,6 +335,36 @@ pub struct ServeArgs {
     pub policy: Option<PathBuf>,
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// Turn the egress (SSRF) guard off: connect to any address, loopback and link-local
+    /// (cloud metadata) included.
+    #[arg(long, env = "PULLGATE_NO_EGRESS_GUARD")]
+    pub no_egress_guard: bool,
+    /// Addresses the egress guard allows although its rules refuse them (CIDR, repeatable),
+    /// e.g. a registry reached through a node-local proxy on 127.0.0.1/32.
+    #[arg(
+        long = "egress-allow",
+        value_name = "CIDR",
+        env = "PULLGATE_EGRESS_ALLOW",
+        value_delimiter = ','
+    )]
+    pub egress_allow: Vec<ipnet::IpNet>,
+    /// Addresses the egress guard refuses besides loopback, link-local and unspecified (CIDR,
+    /// repeatable), e.g. the node network.
+    #[arg(
+        long = "egress-deny",
+        value_name = "CIDR",
+        env = "PULLGATE_EGRESS_DENY",
+        value_delimiter = ','
+    )]
+    pub egress_deny: Vec<ipnet::IpNet>,
+    /// Probes running at once against one registry host.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 32,
+        env = "PULLGATE_PROBES_PER_HOST"
+    )]
+    pub probes_per_host: usize,
     /// Do not read pull secrets from the Kubernetes API (probe with node credentials only).
     #[arg(long, env = "PULLGATE_NO_KUBE")]
     pub no_kube: bool,
@@ -416,6 +447,12 @@ pub async fn serve_config(args: ServeArgs) -> Result<Config, CliError> {
         probe_timeout: args.probe_timeout,
         registry: ClientOptions {
             blob_ttl: args.pullable_ttl,
+            egress: EgressPolicy {
+                enabled: !args.no_egress_guard,
+                allow: args.egress_allow,
+                deny: args.egress_deny,
+            },
+            probes_per_host: args.probes_per_host,
             ..args.registry.client_options()?
         },
         cache: CacheOptions {

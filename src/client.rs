@@ -12,6 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::net::IpAddr;
+
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use reqwest::{
@@ -20,11 +22,13 @@ use reqwest::{
 };
 use rustls::{RootCertStore, pki_types::CertificateDer};
 use rustls_pki_types::pem::PemObject;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
 use crate::{
     challenge::{self, Challenge, ChallengeError},
     digest::Digest,
+    egress::{EgressPolicy, GuardedResolver, Refused},
     keyring::{Credential, CredentialId},
     reference::ImageRef,
     token::{self, Token, TokenCache, TokenError, TokenKey},
@@ -51,6 +55,10 @@ pub struct ClientOptions {
     pub blob_ttl: Duration,
     /// Blobs remembered at most.
     pub blob_capacity: u64,
+    /// The SSRF guard: which addresses may be connected to.
+    pub egress: EgressPolicy,
+    /// Probes running at once against one registry host; more wait for a turn.
+    pub probes_per_host: usize,
 }
 
 impl Default for ClientOptions {
@@ -62,6 +70,8 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(5),
             blob_ttl: Duration::ZERO,
             blob_capacity: 100_000,
+            egress: EgressPolicy::default(),
+            probes_per_host: 32,
         }
     }
 }
@@ -122,6 +132,12 @@ pub enum FetchError {
     Token(Arc<TokenError>),
     #[error("{url} sent more than {limit} bytes")]
     TooLarge { url: String, limit: usize },
+    #[error("refused to connect for {url}: {refused}")]
+    Egress { url: String, refused: Refused },
+    #[error(
+        "{host} asked clients to back off (HTTP 429) for {seconds} more second(s); not asked again until then"
+    )]
+    Backoff { host: String, seconds: u64 },
 }
 
 impl FetchError {
@@ -129,12 +145,16 @@ impl FetchError {
         match self {
             FetchError::Transport { .. }
             | FetchError::Timeout { .. }
-            | FetchError::TooManyRedirects { .. } => Verdict::Unavailable,
+            | FetchError::TooManyRedirects { .. }
+            | FetchError::Backoff { .. } => Verdict::Unavailable,
+            FetchError::Egress { .. } => Verdict::Invalid,
             FetchError::Token(e) => match &**e {
                 TokenError::Refused {
                     status: 401 | 403, ..
                 } => Verdict::Unauthorized,
-                TokenError::NoToken { .. } | TokenError::Malformed { .. } => Verdict::Invalid,
+                TokenError::NoToken { .. }
+                | TokenError::Malformed { .. }
+                | TokenError::Egress { .. } => Verdict::Invalid,
                 _ => Verdict::Unavailable,
             },
             FetchError::Redirect { .. }
@@ -200,9 +220,18 @@ struct Inner {
     tokens: TokenCache,
     challenges: moka::sync::Cache<String, Challenge>,
     blobs: moka::sync::Cache<BlobKey, ()>,
+    /// Hosts that answered 429, with when they may be asked again.
+    backoff: moka::sync::Cache<String, Instant>,
+    /// One semaphore per registry host, bounding concurrent probes.
+    hosts: moka::sync::Cache<String, Arc<Semaphore>>,
     options: ClientOptions,
     observer: Option<RequestObserver>,
 }
+
+/// The longest a 429's `Retry-After` is honoured; a registry cannot switch pullgate off.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The back-off after a 429 without a usable `Retry-After`.
+const DEFAULT_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Told about every registry request: the host, and the HTTP status (`None` when no answer
 /// came). For metrics; it must be quick.
@@ -235,7 +264,13 @@ impl RegistryClient {
         observer: Option<RequestObserver>,
     ) -> Result<Self, ClientError> {
         let tls = tls_config(&options)?;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if options.egress.enabled {
+            builder = builder.dns_resolver(Arc::new(GuardedResolver::new(Arc::new(
+                options.egress.clone(),
+            ))));
+        }
+        let http = builder
             .tls_backend_preconfigured(tls)
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(options.connect_timeout)
@@ -256,10 +291,31 @@ impl RegistryClient {
                     .max_capacity(options.blob_capacity)
                     .time_to_live(options.blob_ttl.max(Duration::from_millis(1)))
                     .build(),
+                backoff: moka::sync::Cache::builder()
+                    .max_capacity(10_000)
+                    .time_to_live(MAX_BACKOFF)
+                    .build(),
+                hosts: moka::sync::Cache::builder()
+                    .max_capacity(10_000)
+                    .time_to_idle(Duration::from_secs(600))
+                    .build(),
                 options,
                 observer,
             }),
         })
+    }
+
+    /// Waits for a turn to probe `image`'s registry: at most `probes_per_host` probes run at
+    /// once against one host, so one slow registry cannot take every connection and task.
+    pub async fn host_turn(&self, image: &ImageRef) -> OwnedSemaphorePermit {
+        let limit = self.inner.options.probes_per_host.max(1);
+        let semaphore = self.inner.hosts.get_with(image.api_host().to_owned(), || {
+            Arc::new(Semaphore::new(limit))
+        });
+        semaphore
+            .acquire_owned()
+            .await
+            .expect("per-host semaphores are never closed")
     }
 
     /// A session for one image and one credential (or none), ending at `deadline`.
@@ -599,6 +655,10 @@ impl Session<'_> {
                 FetchError::Timeout { .. } => TokenError::Timeout {
                     realm: shown.clone(),
                 },
+                FetchError::Egress { refused, .. } => TokenError::Egress {
+                    realm: shown.clone(),
+                    reason: refused.to_string(),
+                },
                 other => TokenError::Transport {
                     realm: shown.clone(),
                     reason: other.to_string(),
@@ -645,6 +705,7 @@ impl Session<'_> {
                 url: display_url(url),
             });
         }
+        self.admit(url)?;
         let timeout = remaining.min(self.inner.options.request_timeout);
         let mut req = self
             .inner
@@ -664,11 +725,80 @@ impl Session<'_> {
                 result.as_ref().ok().map(|r| r.status().as_u16()),
             );
         }
+        if let Ok(resp) = &result
+            && resp.status() == StatusCode::TOO_MANY_REQUESTS
+        {
+            self.inner
+                .backoff
+                .insert(host_key(url), Instant::now() + retry_after(resp.headers()));
+        }
         result.map_err(|e| classify_reqwest(url, &e))
+    }
+
+    /// Refuses a request the egress guard or a host's back-off forbids, before any byte is
+    /// sent. Host names are checked after resolution by the client's resolver; only address
+    /// literals, which skip resolution, are checked here.
+    fn admit(&self, url: &Url) -> Result<(), FetchError> {
+        let literal = match url.host() {
+            Some(url::Host::Ipv4(v4)) => Some(IpAddr::V4(v4)),
+            Some(url::Host::Ipv6(v6)) => Some(IpAddr::V6(v6)),
+            _ => None,
+        };
+        if let Some(ip) = literal {
+            self.inner
+                .options
+                .egress
+                .check(ip)
+                .map_err(|refused| FetchError::Egress {
+                    url: display_url(url),
+                    refused,
+                })?;
+        }
+        let host = host_key(url);
+        if let Some(until) = self.inner.backoff.get(&host) {
+            let left = until.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                return Err(FetchError::Backoff {
+                    host,
+                    seconds: left.as_secs().max(1),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
+/// host[:port], the unit of back-off and of the per-host probe limit.
+fn host_key(url: &Url) -> String {
+    match (url.host_str(), url.port()) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (Some(host), None) => host.to_owned(),
+        _ => String::new(),
+    }
+}
+
+/// How long a 429 asks clients to wait: `Retry-After` in seconds, bounded; an HTTP date or
+/// nothing gets the default.
+fn retry_after(headers: &HeaderMap) -> Duration {
+    headers
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(DEFAULT_BACKOFF, Duration::from_secs)
+        .clamp(Duration::from_secs(1), MAX_BACKOFF)
+}
+
 fn classify_reqwest(url: &Url, e: &reqwest::Error) -> FetchError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(refused) = err.downcast_ref::<Refused>() {
+            return FetchError::Egress {
+                url: display_url(url),
+                refused: refused.clone(),
+            };
+        }
+        source = err.source();
+    }
     if e.is_timeout() {
         FetchError::Timeout {
             url: display_url(url),

@@ -25,6 +25,7 @@ pub mod challenge;
 pub mod cli;
 pub mod client;
 pub mod digest;
+pub mod egress;
 pub mod keyring;
 pub mod manifest;
 pub mod metrics;

@@ -168,6 +168,10 @@ pub async fn probe(
     } else {
         credentials.iter().map(Some).collect()
     };
+    // Waiting for a turn counts against the deadline like any other wait.
+    let Ok(_turn) = tokio::time::timeout_at(deadline.into(), client.host_turn(image)).await else {
+        return unfinished(&image.to_string(), options.timeout);
+    };
     let mut best: Option<Report> = None;
     let mut requests = 0;
     let mut tried = 0;

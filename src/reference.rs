@@ -253,9 +253,31 @@ mod tests {
     #[case::scheme("https://quay.io/app")]
     #[case::huge(&"a/".repeat(100_000))]
     #[case::double_slash("quay.io//app")]
+    #[case::control_characters("nginx\u{0}\u{7}\r\n:latest")]
+    #[case::escape_sequence("\u{1b}[31mnginx")]
+    #[case::unicode("r\u{e9}gistry.example.com/app:v1")]
+    #[case::right_to_left_override("nginx\u{202e}1.0")]
+    #[case::bad_digest_hex(&format!("nginx@sha256:{}", "z".repeat(64)))]
+    #[case::empty_digest("nginx@sha256:")]
+    #[case::only_whitespace("   \t ")]
+    #[case::colons(":::")]
+    #[case::at_signs("@@@")]
+    #[case::too_long(&format!("quay.io/app:{}", "a".repeat(MAX_REFERENCE_LEN)))]
     fn rejects(#[case] input: &str) {
         let err = ImageRef::parse(input).unwrap_err();
         assert!(!err.to_string().is_empty());
+    }
+
+    /// The canonical form (what messages and cache keys show) is itself a reference naming
+    /// the same image; the `reference` fuzz target checks this for any input.
+    #[rstest]
+    #[case("nginx")]
+    #[case("team/app:1.0")]
+    #[case("registry.local:5000/team/app")]
+    #[case(&format!("ghcr.io/org/app:1.0@{D}"))]
+    fn canonical_form_reparses(#[case] input: &str) {
+        let image = ImageRef::parse(input).unwrap();
+        assert_eq!(ImageRef::parse(&image.to_string()).unwrap(), image);
     }
 
     #[test]

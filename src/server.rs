@@ -100,6 +100,7 @@ impl Default for Config {
             probe_timeout: Duration::from_secs(20),
             registry: ClientOptions {
                 blob_ttl: Duration::from_secs(10 * 60),
+                egress: crate::egress::EgressPolicy::guarded(),
                 ..ClientOptions::default()
             },
             cache: CacheOptions::default(),
@@ -352,15 +353,24 @@ async fn validate(
 ) -> Response {
     let started = Instant::now();
     let budget = review_budget(app.budget, query.timeout.as_deref());
-    let response = match axum::body::to_bytes(body, app.max_body_bytes).await {
-        Ok(bytes) => match parse_review(&bytes) {
+    // A body that stalls must not hold the connection past the apiserver's patience.
+    let read = tokio::time::timeout(budget, axum::body::to_bytes(body, app.max_body_bytes));
+    let response = match read.await {
+        Err(_) => {
+            app.metrics.review("unknown", "error", started.elapsed());
+            AdmissionResponse::invalid(format!(
+                "pullgate: the AdmissionReview body did not arrive within {}",
+                humantime::format_duration(budget)
+            ))
+        }
+        Ok(Ok(bytes)) => match parse_review(&bytes) {
             Ok(request) => app.reviewer.review(&request, budget).await,
             Err(invalid) => {
                 app.metrics.review("unknown", "error", started.elapsed());
                 *invalid
             }
         },
-        Err(e) => {
+        Ok(Err(e)) => {
             app.metrics.review("unknown", "error", started.elapsed());
             AdmissionResponse::invalid(format!(
                 "pullgate: cannot read the AdmissionReview (over {} bytes, or cut short): {e}",
@@ -380,17 +390,36 @@ pub fn parse_review(
         let mut response = AdmissionResponse::invalid(format!(
             "pullgate: not a valid admission.k8s.io/v1 AdmissionReview: {problem}"
         ));
-        response.uid = serde_json::from_slice::<serde_json::Value>(bytes)
+        // Only `request.uid` is read, so fields nested too deep for a full parse are skipped.
+        response.uid = serde_json::from_slice::<UidOnly>(bytes)
             .ok()
-            .and_then(|v| v.pointer("/request/uid")?.as_str().map(str::to_owned))
+            .and_then(|r| r.request)
+            .and_then(|r| r.uid)
             .unwrap_or_default();
         Box::new(response)
     };
     let review: AdmissionReview<DynamicObject> =
         serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
+    if review.types.api_version != "admission.k8s.io/v1" || review.types.kind != "AdmissionReview" {
+        return Err(invalid(format!(
+            "expected apiVersion admission.k8s.io/v1 and kind AdmissionReview, got {} {}",
+            review.types.api_version, review.types.kind
+        )));
+    }
     review
         .try_into()
         .map_err(|e: kube::core::admission::ConvertAdmissionReviewError| invalid(e.to_string()))
+}
+
+/// Just enough of an AdmissionReview to echo its uid when the rest is unusable.
+#[derive(Deserialize)]
+struct UidOnly {
+    request: Option<UidRequest>,
+}
+
+#[derive(Deserialize)]
+struct UidRequest {
+    uid: Option<String>,
 }
 
 #[cfg(test)]

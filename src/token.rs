@@ -68,6 +68,8 @@ pub enum TokenError {
     Malformed { realm: String, reason: String },
     #[error("token endpoint {realm} could not be reached: {reason}")]
     Transport { realm: String, reason: String },
+    #[error("token endpoint {realm} is not contacted: {reason}")]
+    Egress { realm: String, reason: String },
     #[error("token endpoint {realm} did not answer in time")]
     Timeout { realm: String },
 }

@@ -453,6 +453,9 @@ async fn rate_limits_and_server_errors_are_unavailable() {
     let r = check(&client, &reference, &[]).await;
     assert_verdict(&r, Verdict::Unavailable);
     assert!(r.reason.contains("pull rate limit"), "{}", r.reason);
+    // This client now backs off from the host (tests/hostile.rs covers that); a fresh one
+    // sees the next fault.
+    let client = w.client();
     proxy.rule_times(
         Rule::new(
             None,

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 mod apiserver;
+mod delay;
 mod image;
 mod pki;
 mod proxy;
@@ -19,6 +20,8 @@ mod world;
 // A test file that uses only part of the harness must not warn about the rest.
 #[allow(unused_imports)]
 pub use apiserver::*;
+#[allow(unused_imports)]
+pub use delay::*;
 #[allow(unused_imports)]
 pub use image::*;
 #[allow(unused_imports)]

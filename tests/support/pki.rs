@@ -83,6 +83,14 @@ impl Pki {
     }
 
     fn issue_raw(&self, hosts: &[&str]) -> (rcgen::Certificate, KeyPair) {
+        self.issue_with(hosts, |_| {})
+    }
+
+    fn issue_with(
+        &self,
+        hosts: &[&str],
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> (rcgen::Certificate, KeyPair) {
         let key = KeyPair::generate().expect("generate leaf key");
         let names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
         let mut params = CertificateParams::new(names).expect("leaf params");
@@ -93,6 +101,7 @@ impl Pki {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
+        adjust(&mut params);
         let cert = params
             .signed_by(&key, &self.issuer)
             .expect("sign leaf certificate");
@@ -117,6 +126,32 @@ impl Pki {
 
     pub fn server_tls(&self, hosts: &[&str]) -> Arc<ServerConfig> {
         let (cert, key) = self.issue_der(hosts);
+        server_config(cert, key)
+    }
+
+    /// A server certificate from this CA that expired yesterday.
+    pub fn expired_server_tls(&self, hosts: &[&str]) -> Arc<ServerConfig> {
+        let (cert, key) = self.issue_with(hosts, |params| {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        });
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        server_config(cert.der().clone(), key)
+    }
+}
+
+/// A server certificate that no CA signed.
+pub fn self_signed_server_tls(hosts: &[&str]) -> Arc<ServerConfig> {
+    let names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+    let certified = rcgen::generate_simple_self_signed(names).expect("self-signed certificate");
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        certified.signing_key.serialize_der(),
+    ));
+    server_config(certified.cert.der().clone(), key)
+}
+
+fn server_config(cert: CertificateDer<'static>, key: PrivateKeyDer<'static>) -> Arc<ServerConfig> {
+    {
         let mut config =
             ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()
