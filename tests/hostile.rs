@@ -239,6 +239,12 @@ async fn probes_per_host_are_bounded() {
     assert!(started.elapsed() >= delay * 3, "{:?}", started.elapsed());
 }
 
+/// Probes `team/app:1` on a hostile `server` with an unguarded client.
+async fn probe_server(pki: &Pki, server: &TestServer, timeout: Duration) -> Report {
+    let c = client(pki, EgressPolicy::default());
+    probe_within(&c, &format!("{}/team/app:1", server.host()), timeout).await
+}
+
 /// A TLS server on 127.0.0.1 answering every request with `respond`.
 async fn hostile(
     pki: &Pki,
@@ -269,13 +275,7 @@ async fn bodies_that_trickle_forever_end_at_the_deadline() {
             .into_response()
     })
     .await;
-    let c = client(&pki, EgressPolicy::default());
-    let r = probe_within(
-        &c,
-        &format!("{}/team/app:1", server.host()),
-        Duration::from_secs(2),
-    )
-    .await;
+    let r = probe_server(&pki, &server, Duration::from_secs(2)).await;
     assert_eq!(r.verdict, Verdict::Unavailable, "{r:#?}");
 }
 
@@ -300,13 +300,7 @@ async fn garbage_manifests_are_invalid() {
             ([(header::CONTENT_TYPE, content_type)], body).into_response()
         })
         .await;
-        let c = client(&pki, EgressPolicy::default());
-        let r = probe_within(
-            &c,
-            &format!("{}/team/app:1", server.host()),
-            Duration::from_secs(5),
-        )
-        .await;
+        let r = probe_server(&pki, &server, Duration::from_secs(5)).await;
         assert_verdict(&r, Verdict::Invalid, reason);
     }
 }
@@ -327,13 +321,7 @@ async fn huge_headers_are_refused_not_buffered() {
         response
     })
     .await;
-    let c = client(&pki, EgressPolicy::default());
-    let r = probe_within(
-        &c,
-        &format!("{}/team/app:1", server.host()),
-        Duration::from_secs(5),
-    )
-    .await;
+    let r = probe_server(&pki, &server, Duration::from_secs(5)).await;
     assert_ne!(r.verdict, Verdict::Pullable, "{r:#?}");
 }
 
@@ -386,14 +374,8 @@ async fn tls_failures_say_what_is_wrong_with_the_certificate() {
             "UnknownIssuer",
         ),
     ];
-    let c = client(&pki, EgressPolicy::default());
     for (server, problem) in &servers {
-        let r = probe_within(
-            &c,
-            &format!("{}/team/app:1", server.host()),
-            Duration::from_secs(5),
-        )
-        .await;
+        let r = probe_server(&pki, server, Duration::from_secs(5)).await;
         assert_eq!(r.verdict, Verdict::Unavailable, "{r:#?}");
         assert!(
             r.reason.to_lowercase().contains(&problem.to_lowercase()),

@@ -62,25 +62,6 @@ async fn post_json(hook: &Webhook, review: &Value) -> Value {
     post(hook, serde_json::to_vec(review).unwrap()).await
 }
 
-fn message(response: &Value) -> String {
-    response["status"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-fn warnings(response: &Value) -> Vec<String> {
-    response["warnings"]
-        .as_array()
-        .map(|w| {
-            w.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The per-image records of the audit annotation.
 fn audited(response: &Value) -> Vec<Value> {
     response["auditAnnotations"]["images"]
