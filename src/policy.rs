@@ -450,14 +450,17 @@ fn parse_platforms(file: &str, given: Option<Vec<String>>) -> Result<Vec<Platfor
     Ok(platforms)
 }
 
-/// What the probe found about one image of the workload under review.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What the probe found about one image of the workload under review (serialised as
+/// `pullgate review --json` prints it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Finding {
     /// The image as written in the pod spec.
     pub image: String,
     /// The normalised reference that was probed (`docker.io/library/nginx:1.27`).
     pub reference: String,
     /// The registry as the reference names it (`ImageRef::registry`, `docker.io` for Hub).
+    /// Only for matching registry overrides; the reference already says it.
+    #[serde(skip)]
     pub registry_host: String,
     /// The container's name.
     pub container: String,

@@ -31,7 +31,6 @@ use crate::client::RegistryClient;
 use crate::metrics::Metrics;
 use crate::policy::{Finding, Policy, PolicyError};
 use crate::reload::Reloading;
-use crate::verdict::Verdict;
 use crate::workload::{self, ImageUse, Kind, RequestParts, Workload, WorkloadError};
 
 /// Rendered manifests of even a large chart are a few MiB; more is a mistake (or a device).
@@ -514,34 +513,6 @@ pub fn read_files(files: &[PathBuf], namespace: &str) -> Result<Input, ReviewErr
     Ok(input)
 }
 
-/// One image's finding, as `--json` prints it.
-#[derive(Debug, Serialize)]
-pub struct FindingOutput {
-    pub image: String,
-    pub reference: String,
-    pub container: String,
-    pub location: String,
-    pub verdict: Verdict,
-    pub reason: String,
-    pub failed_blob: Option<String>,
-    pub registry_message: Option<String>,
-}
-
-impl From<Finding> for FindingOutput {
-    fn from(f: Finding) -> Self {
-        FindingOutput {
-            image: f.image,
-            reference: f.reference,
-            container: f.container,
-            location: f.location,
-            verdict: f.verdict,
-            reason: f.reason,
-            failed_blob: f.failed_blob,
-            registry_message: f.registry_message,
-        }
-    }
-}
-
 /// One object's result, as `--json` prints it.
 #[derive(Debug, Serialize)]
 pub struct Reviewed {
@@ -557,7 +528,7 @@ pub struct Reviewed {
     pub allowed: bool,
     pub message: Option<String>,
     pub warnings: Vec<String>,
-    pub findings: Vec<FindingOutput>,
+    pub findings: Vec<Finding>,
     #[serde(skip)]
     pub not_pulled: Vec<ImageUse>,
 }
@@ -582,7 +553,7 @@ impl Reviewed {
                 .message
                 .filter(|_| !outcome.decision.allowed),
             warnings: outcome.decision.warnings,
-            findings: outcome.findings.into_iter().map(Into::into).collect(),
+            findings: outcome.findings,
             not_pulled: subject.not_pulled,
         }
     }
