@@ -376,10 +376,7 @@ fn overran(policy: &Policy, budget: Duration) -> Outcome {
 
 /// A decision with no image to name: the policy's action for `verdict`, applied directly.
 fn by_action(policy: &Policy, verdict: Verdict, message: String) -> Decision {
-    let action = match (policy.mode(), policy.action(verdict, "")) {
-        (crate::policy::Mode::Warn, Action::Deny) => Action::Warn,
-        (_, action) => action,
-    };
+    let action = policy.effective_action(verdict, "");
     let mut decision = Decision {
         allowed: action != Action::Deny,
         ..Decision::default()

@@ -380,12 +380,10 @@ impl Policy {
             .unwrap_or(Action::Allow)
     }
 
-    /// The action for one finding, with [`Mode::Warn`] turning a deny into a warning.
-    fn effective_action(&self, finding: &Finding) -> Action {
-        match (
-            self.mode,
-            self.action(finding.verdict, &finding.registry_host),
-        ) {
+    /// The action taken for `verdict` on an image from `registry_host`: [`Policy::action`],
+    /// with [`Mode::Warn`] turning a deny into a warning.
+    pub fn effective_action(&self, verdict: Verdict, registry_host: &str) -> Action {
+        match (self.mode, self.action(verdict, registry_host)) {
             (Mode::Warn, Action::Deny) => Action::Warn,
             (_, action) => action,
         }
@@ -407,7 +405,7 @@ impl Policy {
             .filter(|f| {
                 f.verdict != Verdict::Pullable && !self.image_exempt(&f.image, &f.reference)
             })
-            .map(|f| (f, self.effective_action(f)))
+            .map(|f| (f, self.effective_action(f.verdict, &f.registry_host)))
             .collect();
         let denied = with_action(&judged, Action::Deny);
         let warned = with_action(&judged, Action::Warn);
