@@ -193,10 +193,12 @@ pub fn load_keyring(paths: &[PathBuf]) -> Result<Keyring, CliError> {
             path: shown.clone(),
             reason: e.to_string(),
         };
-        if std::fs::metadata(path).map_err(read_err)?.len() > MAX_DOCKER_CONFIG {
-            return Err(CliError::DockerConfigTooLarge { path: shown });
-        }
-        let bytes = std::fs::read(path).map_err(read_err)?;
+        let bytes = std::fs::File::open(path)
+            .and_then(|f| crate::reload::read_limited(f, MAX_DOCKER_CONFIG))
+            .map_err(read_err)?
+            .ok_or_else(|| CliError::DockerConfigTooLarge {
+                path: shown.clone(),
+            })?;
         let config = keyring::parse_docker_config(&bytes, &format!("--docker-config {shown}"))?;
         ring.add(&config);
     }

@@ -20,7 +20,7 @@
 //! Kubernetes truncates warnings longer than 256 characters and caps their total, and deny
 //! messages end up in events and terminals, so every text produced here is bounded.
 
-use std::{collections::BTreeMap, fmt::Write as _, io::Read as _, path::Path};
+use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
@@ -265,13 +265,14 @@ impl Policy {
     pub fn load(path: impl AsRef<Path>) -> Result<Policy, PolicyError> {
         let path = path.as_ref();
         let shown = path.display().to_string();
-        let mut bytes = Vec::new();
-        // Reading one byte past the limit tells a too-large file (or a device) apart.
-        std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_POLICY_BYTES as u64 + 1).read_to_end(&mut bytes))
+        let bytes = std::fs::File::open(path)
+            .and_then(|f| crate::reload::read_limited(f, MAX_POLICY_BYTES as u64))
             .map_err(|source| PolicyError::Read {
                 path: shown.clone(),
                 source,
+            })?
+            .ok_or_else(|| PolicyError::TooLarge {
+                file: shown.clone(),
             })?;
         Policy::from_slice(&bytes, &shown)
     }

@@ -7,7 +7,7 @@
 //! keeps the old one in service.
 
 use std::fmt;
-use std::io::Read as _;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -50,26 +50,30 @@ impl<T, E: std::error::Error + 'static> fmt::Debug for Reloading<T, E> {
     }
 }
 
+/// Reads `reader` to the end, or `Ok(None)` when it holds more than `limit` bytes. Reading one
+/// byte past the limit tells a too-large input (or an endless device) apart without trusting
+/// a size the file system reports. Every file pullgate reads goes through here.
+pub fn read_limited(reader: impl Read, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let mut bytes = Vec::new();
+    reader.take(limit + 1).read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= limit).then_some(bytes))
+}
+
 /// Reads `path`, refusing more than `limit` bytes.
 pub fn read_bounded<E: std::error::Error>(
     path: &Path,
     limit: u64,
 ) -> Result<Vec<u8>, ReloadError<E>> {
-    let mut bytes = Vec::new();
-    // One byte past the limit tells a too-large file (or an endless device) apart.
     std::fs::File::open(path)
-        .and_then(|f| f.take(limit + 1).read_to_end(&mut bytes))
+        .and_then(|f| read_limited(f, limit))
         .map_err(|source| ReloadError::Read {
             path: path.to_owned(),
             source,
-        })?;
-    if bytes.len() as u64 > limit {
-        return Err(ReloadError::TooLarge {
+        })?
+        .ok_or_else(|| ReloadError::TooLarge {
             path: path.to_owned(),
             limit,
-        });
-    }
-    Ok(bytes)
+        })
 }
 
 fn fingerprint(contents: &[Vec<u8>]) -> [u8; 32] {

@@ -469,21 +469,14 @@ fn add_object(
 
 /// Reads `reader` whole, refusing more than [`MAX_INPUT_BYTES`].
 fn read_bounded(reader: impl Read, file: &str) -> Result<Vec<u8>, ReviewError> {
-    let mut bytes = Vec::new();
-    // One byte past the limit tells a too-large input (or an endless device) apart.
-    reader
-        .take(MAX_INPUT_BYTES + 1)
-        .read_to_end(&mut bytes)
+    crate::reload::read_limited(reader, MAX_INPUT_BYTES)
         .map_err(|source| ReviewError::Read {
             file: file.to_owned(),
             source,
-        })?;
-    if bytes.len() as u64 > MAX_INPUT_BYTES {
-        return Err(ReviewError::TooLarge {
+        })?
+        .ok_or_else(|| ReviewError::TooLarge {
             file: file.to_owned(),
-        });
-    }
-    Ok(bytes)
+        })
 }
 
 /// Reads every `-f` file (`-` is standard input) into one [`Input`].
