@@ -23,9 +23,18 @@ pub struct Webhook {
     task: Option<JoinHandle<Result<(), pullgate::server::ServerError>>>,
 }
 
-/// A config for tests: trusts `pki` for registries, no shutdown delay, short reloads.
+/// A config for tests: a serving certificate from `pki` for 127.0.0.1, trusts `pki` for
+/// registries, no shutdown delay, short reloads. Tests that serve from files replace `tls`.
 pub fn test_config(pki: &Pki) -> Config {
-    let mut config = Config::default();
+    let (cert_pem, key_pem) = pki.issue(&["127.0.0.1", "localhost"]);
+    let mut config = Config {
+        tls: TlsSource::Development(DevCertificate {
+            ca_pem: pki.ca_pem().to_owned(),
+            cert_pem,
+            key_pem,
+        }),
+        ..Config::default()
+    };
     config.registry.extra_roots = vec![pki.ca_der().clone()];
     // Every registry of the tests is on loopback, which the egress guard refuses by default.
     config.registry.egress.allow = vec!["127.0.0.0/8".parse().unwrap()];
@@ -35,18 +44,9 @@ pub fn test_config(pki: &Pki) -> Config {
 }
 
 impl Webhook {
-    /// Starts the server with `config`; a development certificate is used when the config
-    /// names none (tests that need files set `config.tls` themselves).
-    pub async fn start(mut config: Config, pki: &Pki) -> Webhook {
-        let (cert, key) = pki.issue(&["127.0.0.1", "localhost"]);
-        if matches!(config.tls, TlsSource::Files(ref f) if f.cert == Path::new("/etc/pullgate/tls/tls.crt"))
-        {
-            config.tls = TlsSource::Development(DevCertificate {
-                ca_pem: pki.ca_pem().to_owned(),
-                cert_pem: cert,
-                key_pem: key,
-            });
-        }
+    /// Starts the server with `config` on fresh 127.0.0.1 ports; `pki` must have issued its
+    /// serving certificate, so the returned client trusts it.
+    pub async fn start(config: Config, pki: &Pki) -> Webhook {
         let webhook = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (addr, admin_addr) = (webhook.local_addr().unwrap(), admin.local_addr().unwrap());
