@@ -139,8 +139,9 @@ impl Reviewer {
         policy: &Policy,
         budget: Duration,
     ) -> Outcome {
-        let deadline = Instant::now() + budget;
         let namespace = request.namespace.as_deref().unwrap_or_default();
+        // Checked before the object is read, so nothing in an exempt namespace is refused,
+        // not even a malformed object.
         if policy.namespace_exempt(namespace) {
             return Outcome {
                 kind: "unknown",
@@ -149,10 +150,7 @@ impl Reviewer {
             };
         }
         match workload::from_request(request) {
-            Ok(Some(workload)) => {
-                self.decide_workload(&workload, policy, deadline, budget)
-                    .await
-            }
+            Ok(Some(workload)) => self.decide_workload(&workload, policy, budget).await,
             Ok(None) => Outcome {
                 kind: "unknown",
                 decision: policy.decide(namespace, &[]),
@@ -162,14 +160,22 @@ impl Reviewer {
         }
     }
 
-    /// The decision for a workload already read (also used by `pullgate review`).
+    /// The decision for a workload already read (also used by `pullgate review`), with every
+    /// image probed before `budget` runs out. An exempt namespace is admitted without probing.
     pub async fn decide_workload(
         &self,
         workload: &Workload,
         policy: &Policy,
-        deadline: Instant,
         budget: Duration,
     ) -> Outcome {
+        if policy.namespace_exempt(&workload.namespace) {
+            return Outcome {
+                kind: workload.kind.as_str(),
+                decision: policy.decide(&workload.namespace, &[]),
+                findings: Vec::new(),
+            };
+        }
+        let deadline = Instant::now() + budget;
         let credentials = self.credentials(workload, deadline).await;
         let platforms = workload.platforms(policy.platforms());
 

@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
 use futures_util::future::join_all;
@@ -560,21 +560,7 @@ async fn decide(
     budget: Duration,
 ) -> Outcome {
     match target {
-        Target::Manifest(workload) => {
-            // As `Reviewer::decide` does for a request: an exempt namespace is admitted
-            // without probing anything.
-            if policy.namespace_exempt(&workload.namespace) {
-                return Outcome {
-                    kind: workload.kind.as_str(),
-                    decision: policy.decide(&workload.namespace, &[]),
-                    findings: Vec::new(),
-                };
-            }
-            let deadline = Instant::now() + budget;
-            reviewer
-                .decide_workload(workload, policy, deadline, budget)
-                .await
-        }
+        Target::Manifest(workload) => reviewer.decide_workload(workload, policy, budget).await,
         Target::Review(request) => reviewer.decide(request, policy, budget).await,
     }
 }
