@@ -353,32 +353,35 @@ async fn validate(
 ) -> Response {
     let started = Instant::now();
     let budget = review_budget(app.budget, query.timeout.as_deref());
-    // A body that stalls must not hold the connection past the apiserver's patience.
-    let read = tokio::time::timeout(budget, axum::body::to_bytes(body, app.max_body_bytes));
-    let response = match read.await {
-        Err(_) => {
+    let response = match read_request(&app, body, budget).await {
+        Ok(request) => app.reviewer.review(&request, budget).await,
+        Err(invalid) => {
             app.metrics.review("unknown", "error", started.elapsed());
-            AdmissionResponse::invalid(format!(
-                "pullgate: the AdmissionReview body did not arrive within {}",
-                humantime::format_duration(budget)
-            ))
-        }
-        Ok(Ok(bytes)) => match parse_review(&bytes) {
-            Ok(request) => app.reviewer.review(&request, budget).await,
-            Err(invalid) => {
-                app.metrics.review("unknown", "error", started.elapsed());
-                *invalid
-            }
-        },
-        Ok(Err(e)) => {
-            app.metrics.review("unknown", "error", started.elapsed());
-            AdmissionResponse::invalid(format!(
-                "pullgate: cannot read the AdmissionReview (over {} bytes, or cut short): {e}",
-                app.max_body_bytes
-            ))
+            *invalid
         }
     };
     axum::Json(response.into_review()).into_response()
+}
+
+/// The request of an AdmissionReview body, or the answer for a body that is not one.
+async fn read_request(
+    app: &App,
+    body: Body,
+    budget: Duration,
+) -> Result<AdmissionRequest<DynamicObject>, Box<AdmissionResponse>> {
+    // A body that stalls must not hold the connection past the apiserver's patience.
+    let read = tokio::time::timeout(budget, axum::body::to_bytes(body, app.max_body_bytes));
+    match read.await {
+        Err(_) => Err(Box::new(AdmissionResponse::invalid(format!(
+            "pullgate: the AdmissionReview body did not arrive within {}",
+            humantime::format_duration(budget)
+        )))),
+        Ok(Err(e)) => Err(Box::new(AdmissionResponse::invalid(format!(
+            "pullgate: cannot read the AdmissionReview (over {} bytes, or cut short): {e}",
+            app.max_body_bytes
+        )))),
+        Ok(Ok(bytes)) => parse_review(&bytes),
+    }
 }
 
 /// The request inside an AdmissionReview body, or the answer for a body that is not one. The
