@@ -24,12 +24,12 @@ const APISERVER_BUCKETS: [f64; 8] = [0.005, 0.025, 0.1, 0.5, 1.0, 2.5, 10.0, 25.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReviewLabels {
     decision: &'static str,
-    kind: String,
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
-    kind: String,
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -125,17 +125,12 @@ impl Metrics {
         }
     }
 
-    pub fn review(&self, kind: &str, decision: &'static str, took: Duration) {
+    pub fn review(&self, kind: &'static str, decision: &'static str, took: Duration) {
         self.reviews
-            .get_or_create(&ReviewLabels {
-                decision,
-                kind: kind.to_owned(),
-            })
+            .get_or_create(&ReviewLabels { decision, kind })
             .inc();
         self.review_seconds
-            .get_or_create(&KindLabels {
-                kind: kind.to_owned(),
-            })
+            .get_or_create(&KindLabels { kind })
             .observe(took.as_secs_f64());
     }
 
