@@ -7,20 +7,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse};
+use kube::core::admission::AdmissionResponse;
 use kube::core::response::StatusSummary;
 
 use crate::cache::{CacheOptions, ProbeKey, VerdictCache};
 use crate::client::RegistryClient;
-use crate::keyring::Keyring;
+use crate::keyring::{Credential, Keyring};
 use crate::metrics::Metrics;
 use crate::platform::Platform;
 use crate::policy::{Action, Decision, Finding, Policy, PolicyError};
 use crate::probe::{self, ProbeOptions, Report};
 use crate::pullsecrets::{PodCredentials, PullSecretRefs, SecretStore};
-use crate::reference::ImageRef;
+use crate::reference::{ImageRef, ReferenceError};
 use crate::reload::Reloading;
+use crate::request::AdmissionRequest;
 use crate::verdict::Verdict;
 use crate::workload::{self, ImageUse, Workload, WorkloadError};
 
@@ -49,7 +49,12 @@ pub struct Reviewer {
     policy: Arc<Reloading<Policy, PolicyError>>,
     metrics: Arc<Metrics>,
     probe_timeout: Duration,
+    resolved: moka::sync::Cache<String, Arc<Resolved>>,
 }
+
+/// Image references remembered parsed; a pod spec is bounded by the request size, so this
+/// only caps what a stream of distinct images can hold.
+const RESOLVED_IMAGES: u64 = 10_000;
 
 /// The decision for one request, before it becomes an AdmissionResponse.
 #[derive(Clone, Debug)]
@@ -83,6 +88,7 @@ impl Reviewer {
             policy: config.policy,
             metrics: config.metrics,
             probe_timeout: config.probe_timeout,
+            resolved: moka::sync::Cache::new(RESOLVED_IMAGES),
         }
     }
 
@@ -91,11 +97,7 @@ impl Reviewer {
     }
 
     /// Answers `request` within `budget`. Never fails: a problem is a decision.
-    pub async fn review(
-        &self,
-        request: &AdmissionRequest<DynamicObject>,
-        budget: Duration,
-    ) -> AdmissionResponse {
+    pub async fn review(&self, request: &AdmissionRequest, budget: Duration) -> AdmissionResponse {
         let started = Instant::now();
         let policy = self.policy.current();
         // The inner steps each stop at the deadline; this guard only catches a step that
@@ -135,7 +137,7 @@ impl Reviewer {
     /// The decision for `request`, with every image probed before `budget` runs out.
     pub async fn decide(
         &self,
-        request: &AdmissionRequest<DynamicObject>,
+        request: &AdmissionRequest,
         policy: &Policy,
         budget: Duration,
     ) -> Outcome {
@@ -177,7 +179,7 @@ impl Reviewer {
         }
         let deadline = Instant::now() + budget;
         let credentials = self.credentials(workload, deadline).await;
-        let platforms = workload.platforms(policy.platforms());
+        let platforms: Arc<[Platform]> = workload.platforms(policy.platforms()).into();
 
         // One probe per distinct image, however many containers use it.
         let mut distinct: Vec<&str> = Vec::new();
@@ -247,17 +249,37 @@ impl Reviewer {
         }
     }
 
+    /// What `written` names, parsed and matched against the node's keyring once and then
+    /// remembered: on the hot path the same few images come back thousands of times a second,
+    /// and parsing a reference (a regex) and a keyring lookup cost more than the rest of a
+    /// cached answer.
+    fn resolve(&self, written: &str) -> Result<Arc<Resolved>, ReferenceError> {
+        if let Some(resolved) = self.resolved.get(written) {
+            return Ok(resolved);
+        }
+        let image = ImageRef::parse(written)?;
+        let resolved = Arc::new(Resolved {
+            reference: image.to_string(),
+            registry: image.registry().to_owned(),
+            name: image.name(),
+            node: self.node.lookup(&image.name()),
+            image,
+        });
+        self.resolved.insert(written.to_owned(), resolved.clone());
+        Ok(resolved)
+    }
+
     async fn check_image(
         &self,
         written: &str,
         credentials: &PodCredentials,
-        platforms: &[Platform],
+        platforms: &Arc<[Platform]>,
         policy: &Policy,
         deadline: Instant,
         budget: Duration,
     ) -> Checked {
-        let image = match ImageRef::parse(written) {
-            Ok(image) => image,
+        let resolved = match self.resolve(written) {
+            Ok(resolved) => resolved,
             Err(e) => {
                 return Checked {
                     report: Arc::new(probe::invalid_reference(written, &e)),
@@ -266,31 +288,44 @@ impl Reviewer {
                 };
             }
         };
-        let reference = image.to_string();
-        let registry = image.registry().to_owned();
-        if policy.image_exempt(written, &reference) {
+        let registry = resolved.registry.clone();
+        if policy.image_exempt(written, &resolved.reference) {
             return Checked {
-                report: Arc::new(probe::exempt(&reference)),
+                report: Arc::new(probe::exempt(&resolved.reference)),
                 registry,
                 exempt: true,
             };
         }
-        let found = credentials.lookup(&self.node, &image);
+        // The kubelet's order: the pod's secrets first, then the node's credentials.
+        let pod = if credentials.keyring.is_empty() {
+            Vec::new()
+        } else {
+            credentials.keyring.lookup(&resolved.name)
+        };
         let key = ProbeKey {
-            reference: reference.clone(),
+            reference: resolved.reference.clone(),
             platforms: platforms.to_vec(),
-            credentials: found.iter().map(|c| c.id()).collect(),
+            credentials: pod.iter().chain(&resolved.node).map(|c| c.id()).collect(),
         };
-        let options = ProbeOptions {
-            platforms: platforms.to_vec(),
-            timeout: self.probe_timeout,
-        };
-        let (client, metrics) = (self.registry.clone(), self.metrics.clone());
-        let probe = async move {
-            let _running = metrics.probe_started();
-            let report = probe::probe(&client, &image, &found, &options).await;
-            metrics.probe(report.verdict);
-            report
+        // Built only on a miss: the probe's future is large, and a cache hit must not pay for
+        // creating and moving it.
+        let probe = || {
+            let (client, metrics) = (self.registry.clone(), self.metrics.clone());
+            let options = ProbeOptions {
+                platforms: platforms.to_vec(),
+                timeout: self.probe_timeout,
+            };
+            let resolved = resolved.clone();
+            async move {
+                let _running = metrics.probe_started();
+                let found: Vec<_> = pod
+                    .into_iter()
+                    .chain(resolved.node.iter().cloned())
+                    .collect();
+                let report = probe::probe(&client, &resolved.image, &found, &options).await;
+                metrics.probe(report.verdict);
+                report
+            }
         };
         let lookup = self.cache.get_or_probe(key, probe);
         let mut report = match tokio::time::timeout_at(deadline.into(), lookup).await {
@@ -298,7 +333,7 @@ impl Reviewer {
                 self.metrics.cache_lookup(cached.hit);
                 cached.report
             }
-            Err(_) => Arc::new(probe::unfinished(&reference, budget)),
+            Err(_) => Arc::new(probe::unfinished(&resolved.reference, budget)),
         };
         // A 401 when a pull secret could not be read says nothing about the node, which may
         // well have that secret.
@@ -317,6 +352,19 @@ impl Reviewer {
             exempt: false,
         }
     }
+}
+
+/// An image reference as written, parsed, with what does not depend on the pod.
+struct Resolved {
+    image: ImageRef,
+    /// The normalised reference, e.g. `docker.io/library/nginx:1.27`.
+    reference: String,
+    /// The registry as the reference names it, for per-registry policy.
+    registry: String,
+    /// The repository without tag or digest, as the kubelet's keyring matches it.
+    name: String,
+    /// The node's credentials for it, in the kubelet's order.
+    node: Vec<Credential>,
 }
 
 /// One distinct image's result.
@@ -399,11 +447,8 @@ fn by_action(policy: &Policy, verdict: Verdict, message: String) -> Decision {
 }
 
 /// The AdmissionResponse for `decision`, echoing the request's uid.
-pub fn response(
-    request: &AdmissionRequest<DynamicObject>,
-    decision: Decision,
-) -> AdmissionResponse {
-    let mut response = AdmissionResponse::from(request);
+pub fn response(request: &AdmissionRequest, decision: Decision) -> AdmissionResponse {
+    let mut response = request.response();
     if let Some(message) = decision.message.filter(|_| !decision.allowed) {
         response = response.deny(message);
         response.result.status = Some(StatusSummary::Failure);

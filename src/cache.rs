@@ -111,14 +111,16 @@ impl VerdictCache {
     ///
     /// The probe runs in its own task: a review that stops waiting at its deadline does not
     /// cancel it, so the answer still lands in the cache for the next review.
-    pub async fn get_or_probe<F>(&self, key: ProbeKey, probe: F) -> Cached
+    pub async fn get_or_probe<P, F>(&self, key: ProbeKey, probe: P) -> Cached
     where
+        P: FnOnce() -> F,
         F: Future<Output = Report> + Send + 'static,
     {
         if let Some(report) = self.cache.get(&key).await {
             return Cached { report, hit: true };
         }
         let cache = self.cache.clone();
+        let probe = probe();
         let task = tokio::spawn(async move {
             let entry = cache
                 .entry(key)
@@ -206,7 +208,7 @@ mod tests {
         let probes = Arc::new(AtomicU32::new(0));
         let asks = (0..1000).map(|_| {
             let probes = probes.clone();
-            cache.get_or_probe(key("r.example/app:1", vec![]), async move {
+            cache.get_or_probe(key("r.example/app:1", vec![]), move || async move {
                 probes.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 report("r.example/app:1", Verdict::Pullable)
@@ -222,12 +224,12 @@ mod tests {
         let cache = VerdictCache::new(CacheOptions::default());
         let with = crate::keyring::Credential::new("u", "p", "test").id();
         let a = cache
-            .get_or_probe(key("r.example/app:1", vec![with]), async {
+            .get_or_probe(key("r.example/app:1", vec![with]), || async {
                 report("r.example/app:1", Verdict::Pullable)
             })
             .await;
         let b = cache
-            .get_or_probe(key("r.example/app:1", vec![]), async {
+            .get_or_probe(key("r.example/app:1", vec![]), || async {
                 report("r.example/app:1", Verdict::Unauthorized)
             })
             .await;
@@ -239,7 +241,7 @@ mod tests {
     async fn an_abandoned_probe_still_fills_the_cache() {
         let cache = VerdictCache::new(CacheOptions::default());
         let k = key("r.example/slow:1", vec![]);
-        let slow = cache.get_or_probe(k.clone(), async {
+        let slow = cache.get_or_probe(k.clone(), || async {
             tokio::time::sleep(Duration::from_millis(100)).await;
             report("r.example/slow:1", Verdict::Pullable)
         });
@@ -250,7 +252,7 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
         let again = cache
-            .get_or_probe(k, async { report("r.example/slow:1", Verdict::Blocked) })
+            .get_or_probe(k, || async { report("r.example/slow:1", Verdict::Blocked) })
             .await;
         assert_eq!((again.report.verdict, again.hit), (Verdict::Pullable, true));
     }
@@ -263,13 +265,13 @@ mod tests {
         });
         let k = key("r.example/app:1", vec![]);
         let first = cache
-            .get_or_probe(k.clone(), async {
+            .get_or_probe(k.clone(), || async {
                 report("r.example/app:1", Verdict::Unavailable)
             })
             .await;
         assert!(!first.hit);
         let second = cache
-            .get_or_probe(k, async { report("r.example/app:1", Verdict::Pullable) })
+            .get_or_probe(k, || async { report("r.example/app:1", Verdict::Pullable) })
             .await;
         assert_eq!(
             (second.report.verdict, second.hit),

@@ -13,6 +13,8 @@
 //! - [`manifest`]: manifests, indexes, media types and digests.
 //! - [`verdict`]: verdict classes and how registry answers map onto them.
 //! - [`probe`]: the deep probe that ties these together.
+//! - [`request`], [`workload`], [`podspec`]: what an AdmissionReview asks the nodes to pull.
+//! - [`admission`], [`policy`], [`cache`], [`server`]: the webhook's decision and its serving.
 //! - [`cli`]: the `pullgate` command line.
 //! - [`review`]: `pullgate review`, the webhook's answer for manifests, offline.
 #![forbid(unsafe_code)]
@@ -30,11 +32,13 @@ pub mod keyring;
 pub mod manifest;
 pub mod metrics;
 pub mod platform;
+pub mod podspec;
 pub mod policy;
 pub mod probe;
 pub mod pullsecrets;
 pub mod reference;
 pub mod reload;
+pub mod request;
 pub mod review;
 pub mod server;
 pub mod tls;

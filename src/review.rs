@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use clap::Args;
 use futures_util::future::join_all;
-use kube::core::admission::{AdmissionRequest, Operation};
-use kube::core::{DynamicObject, GroupVersionKind};
+use kube::core::GroupVersionKind;
+use kube::core::admission::Operation;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -31,6 +31,7 @@ use crate::client::RegistryClient;
 use crate::metrics::Metrics;
 use crate::policy::{Finding, Policy, PolicyError};
 use crate::reload::Reloading;
+use crate::request::AdmissionRequest;
 use crate::workload::{self, ImageUse, Kind, RequestParts, Workload, WorkloadError};
 
 /// Rendered manifests of even a large chart are a few MiB; more is a mistake (or a device).
@@ -194,7 +195,7 @@ pub enum Target {
     /// A manifest, read as the CREATE request `kubectl apply` would send for it.
     Manifest(Workload),
     /// An AdmissionReview's request, decided as the webhook decides it.
-    Review(Box<AdmissionRequest<DynamicObject>>),
+    Review(Box<AdmissionRequest>),
 }
 
 /// One object to review.
@@ -390,7 +391,7 @@ fn add_document(
 fn admission_review(origin: Origin, value: &Value) -> Result<Entry, DocumentError> {
     // The webhook reads JSON bytes; a YAML review goes through the same door.
     let bytes = serde_json::to_vec(value).map_err(DocumentError::Json)?;
-    let request = crate::server::parse_review(&bytes)
+    let request = crate::request::parse(&bytes)
         .map_err(|answer| DocumentError::AdmissionReview(answer.result.message))?;
     // Only for the output: a request the webhook cannot read is a decision (deny), not an
     // input error, so a failure here falls back to what the request itself says.
@@ -443,12 +444,13 @@ fn add_object(
         .and_then(Value::as_str)
         .filter(|ns| !ns.is_empty())
         .unwrap_or(namespace);
+    let object = serde_json::value::to_raw_value(&value).map_err(DocumentError::Json)?;
     let parts = RequestParts {
         kind: &gvk,
         sub_resource: None,
         operation: &Operation::Create,
         namespace: Some(namespace),
-        object: Some(&value),
+        object: Some(&object),
         old_object: None,
     };
     // A CREATE of a known kind always yields a workload; `None` would mean nothing to check.

@@ -16,8 +16,7 @@ use axum::routing::{get, post};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::core::admission::AdmissionResponse;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -32,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyError};
 use crate::pullsecrets::{SecretOptions, SecretStore};
 use crate::reload::{ReloadError, Reloading};
+use crate::request::{self, AdmissionRequest};
 use crate::tls::{CertFiles, CertStore, DevCertificate, TlsError};
 
 /// The path kube-apiserver POSTs AdmissionReviews to (the webhook's `clientConfig.service.path`).
@@ -368,7 +368,7 @@ async fn read_request(
     app: &App,
     body: Body,
     budget: Duration,
-) -> Result<AdmissionRequest<DynamicObject>, Box<AdmissionResponse>> {
+) -> Result<AdmissionRequest, Box<AdmissionResponse>> {
     // A body that stalls must not hold the connection past the apiserver's patience.
     let read = tokio::time::timeout(budget, axum::body::to_bytes(body, app.max_body_bytes));
     match read.await {
@@ -380,49 +380,8 @@ async fn read_request(
             "pullgate: cannot read the AdmissionReview (over {} bytes, or cut short): {e}",
             app.max_body_bytes
         )))),
-        Ok(Ok(bytes)) => parse_review(&bytes),
+        Ok(Ok(bytes)) => request::parse(&bytes),
     }
-}
-
-/// The request inside an AdmissionReview body, or the answer for a body that is not one. The
-/// answer echoes the request's `uid` whenever the body has one, so the apiserver can match it.
-pub fn parse_review(
-    bytes: &[u8],
-) -> Result<AdmissionRequest<DynamicObject>, Box<AdmissionResponse>> {
-    let invalid = |problem: String| {
-        let mut response = AdmissionResponse::invalid(format!(
-            "pullgate: not a valid admission.k8s.io/v1 AdmissionReview: {problem}"
-        ));
-        // Only `request.uid` is read, so fields nested too deep for a full parse are skipped.
-        response.uid = serde_json::from_slice::<UidOnly>(bytes)
-            .ok()
-            .and_then(|r| r.request)
-            .and_then(|r| r.uid)
-            .unwrap_or_default();
-        Box::new(response)
-    };
-    let review: AdmissionReview<DynamicObject> =
-        serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
-    if review.types.api_version != "admission.k8s.io/v1" || review.types.kind != "AdmissionReview" {
-        return Err(invalid(format!(
-            "expected apiVersion admission.k8s.io/v1 and kind AdmissionReview, got {} {}",
-            review.types.api_version, review.types.kind
-        )));
-    }
-    review
-        .try_into()
-        .map_err(|e: kube::core::admission::ConvertAdmissionReviewError| invalid(e.to_string()))
-}
-
-/// Just enough of an AdmissionReview to echo its uid when the rest is unusable.
-#[derive(Deserialize)]
-struct UidOnly {
-    request: Option<UidRequest>,
-}
-
-#[derive(Deserialize)]
-struct UidRequest {
-    uid: Option<String>,
 }
 
 #[cfg(test)]
@@ -438,23 +397,5 @@ mod tests {
         assert_eq!(review_budget(eight, Some("5s")), Duration::from_secs(4));
         assert_eq!(review_budget(eight, Some("1s")), Duration::from_millis(700));
         assert_eq!(review_budget(eight, Some("garbage")), eight);
-    }
-
-    #[test]
-    fn a_malformed_review_is_answered_with_its_uid() {
-        let err = parse_review(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"abc-123","kind":5}}"#)
-            .unwrap_err();
-        assert_eq!(err.uid, "abc-123");
-        assert!(!err.allowed);
-        assert!(
-            err.result.message.contains("not a valid"),
-            "{}",
-            err.result.message
-        );
-        let err = parse_review(b"\xff not json").unwrap_err();
-        assert_eq!(err.uid, "");
-        let err = parse_review(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#)
-            .unwrap_err();
-        assert!(!err.allowed);
     }
 }

@@ -9,19 +9,17 @@
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{
-    Container, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, PodTemplate,
-    PodTemplateSpec, ReplicationController,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::core::admission::{AdmissionRequest, Operation};
-use kube::core::{DynamicObject, GroupVersionKind};
+use kube::core::GroupVersionKind;
+use kube::core::admission::Operation;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::platform::Platform;
+use crate::podspec::{
+    Container, CronJobSpec, NodeSelectorRequirement, NodeSelectorTerm, Object, ObjectMeta, PodSpec,
+    PodTemplate, PodTemplateSpec, TemplateSpec, list,
+};
+use crate::request::AdmissionRequest;
 
 /// The only subresource through which images are added to an existing Pod (`kubectl debug`).
 const EPHEMERAL_CONTAINERS: &str = "ephemeralcontainers";
@@ -192,29 +190,19 @@ pub struct RequestParts<'a> {
     pub sub_resource: Option<&'a str>,
     pub operation: &'a Operation,
     pub namespace: Option<&'a str>,
-    pub object: Option<&'a Value>,
-    pub old_object: Option<&'a Value>,
+    pub object: Option<&'a RawValue>,
+    pub old_object: Option<&'a RawValue>,
 }
 
 /// Reads the workload of an admission request; `Ok(None)` when the request cannot add an image.
-pub fn from_request(
-    req: &AdmissionRequest<DynamicObject>,
-) -> Result<Option<Workload>, WorkloadError> {
-    let to_value = |obj: &DynamicObject| {
-        serde_json::to_value(obj).map_err(|source| WorkloadError::Malformed {
-            kind: req.kind.kind.clone(),
-            source,
-        })
-    };
-    let object = req.object.as_ref().map(to_value).transpose()?;
-    let old_object = req.old_object.as_ref().map(to_value).transpose()?;
+pub fn from_request(req: &AdmissionRequest) -> Result<Option<Workload>, WorkloadError> {
     from_parts(&RequestParts {
         kind: &req.kind,
         sub_resource: req.sub_resource.as_deref(),
         operation: &req.operation,
         namespace: req.namespace.as_deref(),
-        object: object.as_ref(),
-        old_object: old_object.as_ref(),
+        object: req.object.as_deref(),
+        old_object: req.old_object.as_deref(),
     })
 }
 
@@ -280,39 +268,31 @@ pub fn platforms(spec: &PodSpec, cluster: &[Platform]) -> Vec<Platform> {
 type Parts = (ObjectMeta, Option<PodSpec>);
 
 /// The object's metadata and the pod spec it runs, if it has one.
-fn read_object(kind: Kind, object: &Value) -> Result<Parts, WorkloadError> {
+fn read_object(kind: Kind, object: &RawValue) -> Result<Parts, WorkloadError> {
     fn read<T: DeserializeOwned>(
-        object: &Value,
-        split: impl FnOnce(T) -> Parts,
+        object: &RawValue,
+        split: impl FnOnce(T) -> (Option<ObjectMeta>, Option<PodSpec>),
     ) -> Result<Parts, serde_json::Error> {
-        T::deserialize(object).map(split)
+        let (meta, spec) = split(serde_json::from_str(object.get())?);
+        Ok((meta.unwrap_or_default(), spec))
     }
     fn template(t: Option<PodTemplateSpec>) -> Option<PodSpec> {
         t.and_then(|t| t.spec)
     }
+    fn templated(o: Object<TemplateSpec>) -> (Option<ObjectMeta>, Option<PodSpec>) {
+        (o.metadata, template(o.spec.and_then(|s| s.template)))
+    }
     match kind {
-        Kind::Pod => read(object, |o: Pod| (o.metadata, o.spec)),
-        Kind::Deployment => read(object, |o: Deployment| {
-            (o.metadata, template(o.spec.map(|s| s.template)))
-        }),
-        Kind::ReplicaSet => read(object, |o: ReplicaSet| {
-            (o.metadata, template(o.spec.and_then(|s| s.template)))
-        }),
-        Kind::StatefulSet => read(object, |o: StatefulSet| {
-            (o.metadata, template(o.spec.map(|s| s.template)))
-        }),
-        Kind::DaemonSet => read(object, |o: DaemonSet| {
-            (o.metadata, template(o.spec.map(|s| s.template)))
-        }),
-        Kind::Job => read(object, |o: Job| {
-            (o.metadata, template(o.spec.map(|s| s.template)))
-        }),
-        Kind::CronJob => read(object, |o: CronJob| {
-            let job = o.spec.and_then(|s| s.job_template.spec);
-            (o.metadata, template(job.map(|j| j.template)))
-        }),
-        Kind::ReplicationController => read(object, |o: ReplicationController| {
-            (o.metadata, template(o.spec.and_then(|s| s.template)))
+        Kind::Pod => read(object, |o: Object<PodSpec>| (o.metadata, o.spec)),
+        Kind::Deployment
+        | Kind::ReplicaSet
+        | Kind::StatefulSet
+        | Kind::DaemonSet
+        | Kind::Job
+        | Kind::ReplicationController => read(object, templated),
+        Kind::CronJob => read(object, |o: Object<CronJobSpec>| {
+            let job = o.spec.and_then(|s| s.job_template).and_then(|j| j.spec);
+            (o.metadata, template(job.and_then(|j| j.template)))
         }),
         Kind::PodTemplate => read(object, |o: PodTemplate| (o.metadata, template(o.template))),
     }
@@ -330,7 +310,12 @@ fn display_name(name: Option<String>, generate_name: Option<String>) -> String {
 }
 
 /// Where an image is used, by whom, the image and its pull policy, as the spec holds them.
-type Use<'a> = (Location, &'a String, &'a Option<String>, &'a Option<String>);
+type Use<'a> = (
+    Location,
+    &'a Option<String>,
+    &'a Option<String>,
+    &'a Option<String>,
+);
 
 /// Every image the spec uses, containers first, then init and ephemeral containers, then
 /// image volumes; entries without an image are left out.
@@ -339,15 +324,7 @@ fn image_uses(spec: &PodSpec) -> Vec<ImageUse> {
         list.iter()
             .map(move |c| (location, &c.name, &c.image, &c.image_pull_policy))
     }
-    let ephemeral = spec.ephemeral_containers.iter().flatten().map(|c| {
-        (
-            Location::EphemeralContainer,
-            &c.name,
-            &c.image,
-            &c.image_pull_policy,
-        )
-    });
-    let volumes = spec.volumes.iter().flatten().filter_map(|v| {
+    let volumes = list(&spec.volumes).iter().filter_map(|v| {
         let image = v.image.as_ref()?;
         Some((
             Location::ImageVolume,
@@ -356,16 +333,21 @@ fn image_uses(spec: &PodSpec) -> Vec<ImageUse> {
             &image.pull_policy,
         ))
     });
-    let init = spec.init_containers.as_deref().unwrap_or_default();
-    containers(&spec.containers, Location::Container)
-        .chain(containers(init, Location::InitContainer))
-        .chain(ephemeral)
+    containers(list(&spec.containers), Location::Container)
+        .chain(containers(
+            list(&spec.init_containers),
+            Location::InitContainer,
+        ))
+        .chain(containers(
+            list(&spec.ephemeral_containers),
+            Location::EphemeralContainer,
+        ))
         .chain(volumes)
         .filter_map(|(location, name, image, policy)| {
             let image = image.as_deref().filter(|i| !i.is_empty())?;
             Some(ImageUse {
                 image: image.to_owned(),
-                container: name.clone(),
+                container: name.clone().unwrap_or_default(),
                 location,
                 pull_policy: policy.clone(),
             })
@@ -375,9 +357,9 @@ fn image_uses(spec: &PodSpec) -> Vec<ImageUse> {
 
 fn pod_facts(spec: &PodSpec, is_template: bool) -> PodFacts {
     let mut image_pull_secrets: Vec<String> = Vec::new();
-    for secret in spec.image_pull_secrets.iter().flatten() {
-        if !secret.name.is_empty() && !image_pull_secrets.contains(&secret.name) {
-            image_pull_secrets.push(secret.name.clone());
+    for name in list(&spec.image_pull_secrets).iter().flat_map(|s| &s.name) {
+        if !name.is_empty() && !image_pull_secrets.contains(name) {
+            image_pull_secrets.push(name.clone());
         }
     }
     let non_empty = |s: &&String| !s.is_empty();
@@ -473,13 +455,16 @@ impl OsArch {
 
     /// `None` for a term with no requirements at all, which matches no node.
     fn from_term(term: &NodeSelectorTerm) -> Option<OsArch> {
-        let expressions = term.match_expressions.as_deref().unwrap_or_default();
-        if expressions.is_empty() && term.match_fields.as_deref().unwrap_or_default().is_empty() {
+        let expressions = list(&term.match_expressions);
+        if expressions.is_empty() && list(&term.match_fields).is_empty() {
             return None;
         }
         let mut os_arch = OsArch::default();
         for req in expressions {
-            os_arch.constrain(&req.key, requirement_values(req));
+            os_arch.constrain(
+                req.key.as_deref().unwrap_or_default(),
+                requirement_values(req),
+            );
         }
         Some(os_arch)
     }
@@ -491,7 +476,7 @@ impl OsArch {
 
 fn requirement_values(req: &NodeSelectorRequirement) -> Values {
     let values = || req.values.iter().flatten().cloned().collect();
-    match req.operator.as_str() {
+    match req.operator.as_deref().unwrap_or_default() {
         "In" => Values::Only(values()),
         "NotIn" => Values::Except(values()),
         // The kubelet sets the os and arch labels on every node, so this matches none.
@@ -524,7 +509,7 @@ impl Placement {
                 n.required_during_scheduling_ignored_during_execution
                     .as_ref()
             })
-            .map(|s| &s.node_selector_terms);
+            .map(|s| list(&s.node_selector_terms));
         let alternatives = match terms {
             None => vec![selector],
             Some(terms) => terms
@@ -580,9 +565,8 @@ impl Placement {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::core::admission::AdmissionReview;
     use rstest::rstest;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     macro_rules! fixture {
         ($name:literal) => {
@@ -590,13 +574,19 @@ mod tests {
         };
     }
 
-    fn request(json: &str) -> AdmissionRequest<DynamicObject> {
-        let review: AdmissionReview<DynamicObject> =
-            serde_json::from_str(json).expect("fixture is an AdmissionReview");
-        review.try_into().expect("fixture carries a request")
+    /// A fixture's request, with its object edited by `edit` first.
+    fn edited(json: &str, edit: impl FnOnce(&mut Value)) -> AdmissionRequest {
+        let mut review: Value = serde_json::from_str(json).expect("fixture is JSON");
+        edit(&mut review["request"]["object"]);
+        crate::request::parse(&serde_json::to_vec(&review).expect("JSON"))
+            .expect("fixture is an AdmissionReview")
     }
 
-    fn workload(req: &AdmissionRequest<DynamicObject>) -> Workload {
+    fn request(json: &str) -> AdmissionRequest {
+        edited(json, |_| {})
+    }
+
+    fn workload(req: &AdmissionRequest) -> Workload {
         from_request(req)
             .expect("fixture is readable")
             .expect("fixture has something to check")
@@ -606,10 +596,6 @@ mod tests {
     fn uses(list: &[ImageUse]) -> Vec<String> {
         let show = |u: &ImageUse| format!("{} {}: {}", u.location, u.container, u.image);
         list.iter().map(show).collect()
-    }
-
-    fn object(req: &mut AdmissionRequest<DynamicObject>) -> &mut Value {
-        &mut req.object.as_mut().expect("fixture has an object").data
     }
 
     #[rstest]
@@ -697,22 +683,24 @@ mod tests {
 
     #[test]
     fn update_ignores_images_used_anywhere_in_old_object() {
-        let mut req = request(fixture!("pod-update.json"));
-        object(&mut req)["spec"]["containers"][0]["image"] =
-            "registry.example.com/ml/models:2026.03".into();
+        let req = edited(fixture!("pod-update.json"), |o| {
+            o["spec"]["containers"][0]["image"] = "registry.example.com/ml/models:2026.03".into()
+        });
         assert!(workload(&req).images.is_empty());
     }
 
     #[test]
     fn ephemeral_containers_subresource_checks_only_new_debug_images() {
-        let mut req = request(fixture!("pod-ephemeralcontainers.json"));
+        let req = request(fixture!("pod-ephemeralcontainers.json"));
         let w = workload(&req);
         let debug = "ephemeral container debugger-k2m9x: registry.example.com/tools/netshoot:0.13";
         assert_eq!(uses(&w.images), [debug]);
         assert_eq!(w.name, "checkout");
 
         // Containers cannot change through this subresource; only debug images are its business.
-        object(&mut req)["spec"]["containers"][0]["image"] = "registry.example.com/x/y:1".into();
+        let req = edited(fixture!("pod-ephemeralcontainers.json"), |o| {
+            o["spec"]["containers"][0]["image"] = "registry.example.com/x/y:1".into()
+        });
         assert_eq!(uses(&workload(&req).images), [debug]);
     }
 
@@ -765,11 +753,10 @@ mod tests {
 
     #[test]
     fn replication_controller_without_template_has_no_images() {
-        let mut req = request(fixture!("replicationcontroller.json"));
-        let spec = object(&mut req)["spec"]
-            .as_object_mut()
-            .expect("spec is an object");
-        spec.remove("template");
+        let req = edited(fixture!("replicationcontroller.json"), |o| {
+            let spec = o["spec"].as_object_mut().expect("spec is an object");
+            spec.remove("template");
+        });
         let w = workload(&req);
         assert!(w.images.is_empty());
         assert_eq!(w.pod.service_account, "default");
@@ -777,10 +764,10 @@ mod tests {
 
     #[test]
     fn generate_name_stands_in_for_missing_name() {
-        let mut req = request(fixture!("pod-dry-run.json"));
-        let meta = &mut req.object.as_mut().expect("object").metadata;
-        meta.name = None;
-        meta.generate_name = Some("tmp-".into());
+        let req = edited(fixture!("pod-dry-run.json"), |o| {
+            o["metadata"]["name"] = Value::Null;
+            o["metadata"]["generateName"] = "tmp-".into();
+        });
         assert_eq!(workload(&req).name, "tmp-*");
     }
 

@@ -1,14 +1,13 @@
-//! An AdmissionReview body, as `POST /validate` receives it: `server::parse_review`, then
+//! An AdmissionReview body, as `POST /validate` receives it: `request::parse`, then
 //! `workload::from_request`, and the answer serialised the way the server writes it.
 #![no_main]
 
-use kube::core::admission::AdmissionResponse;
 use libfuzzer_sys::fuzz_target;
 use pullgate::reference::ImageRef;
-use pullgate::{server, workload};
+use pullgate::{request, workload};
 
 fuzz_target!(|data: &[u8]| {
-    let request = match server::parse_review(data) {
+    let request = match request::parse(data) {
         Ok(request) => request,
         Err(invalid) => {
             assert!(!invalid.allowed);
@@ -29,6 +28,6 @@ fuzz_target!(|data: &[u8]| {
             let _ = e.to_string();
         }
     }
-    let response = AdmissionResponse::from(&request).deny("fuzz");
+    let response = request.response().deny("fuzz");
     serde_json::to_vec(&response.into_review()).expect("the answer serialises");
 });

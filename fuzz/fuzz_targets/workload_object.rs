@@ -8,6 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use pullgate::platform::Platform;
 use pullgate::workload::{self, RequestParts};
 use serde_json::Value;
+use serde_json::value::{RawValue, to_raw_value};
 
 const KINDS: [(&str, &str); 10] = [
     ("", "Pod"),
@@ -27,8 +28,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     // An AdmissionReview's object when the input is one, else the input itself.
-    let object = value.pointer("/request/object").unwrap_or(&value);
-    let old = value.pointer("/request/oldObject");
+    let raw = |v: &Value| -> Box<RawValue> { to_raw_value(v).expect("a Value serialises") };
+    let object = raw(value.pointer("/request/object").unwrap_or(&value));
+    let old = value.pointer("/request/oldObject").map(raw);
+    let (object, old) = (&*object, old.as_deref());
     let cluster = [
         Platform::linux_amd64(),
         Platform::parse("linux/arm64").unwrap(),
@@ -50,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
             };
             if let Ok(Some(w)) = workload::from_parts(&parts) {
                 let _ = w.platforms(&cluster);
-                if old_object == Some(object) {
+                if old_object.map(RawValue::get) == Some(object.get()) {
                     assert!(w.images.is_empty(), "an unchanged object adds no image");
                 }
             }
