@@ -103,27 +103,36 @@ impl Resolve for GuardedResolver {
         let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let found: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let mut refused = None;
-            let allowed: Vec<SocketAddr> = found
-                .into_iter()
-                .filter(|addr| match policy.check(addr.ip()) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        refused.get_or_insert(e);
-                        false
-                    }
-                })
-                .collect();
-            match (allowed.is_empty(), refused) {
-                (true, Some(refused)) => {
-                    tracing::warn!(host, ip = %refused.ip, why = refused.why, "egress refused");
-                    Err(Box::new(refused) as Box<dyn std::error::Error + Send + Sync>)
-                }
-                _ => Ok(Box::new(allowed.into_iter()) as Addrs),
+            let found = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            admit(&policy, found).map_err(|refused| {
+                tracing::warn!(host, ip = %refused.ip, why = refused.why, "egress refused");
+                Box::new(refused) as Box<dyn std::error::Error + Send + Sync>
+            })
+        })
+    }
+}
+
+/// What is left of a name's addresses once the refused ones are dropped: a name resolving to
+/// an allowed and a refused address (a DNS-rebinding setup) connects only to the allowed one.
+/// An error, naming the first refused address, when none is left.
+fn admit(
+    policy: &EgressPolicy,
+    found: impl IntoIterator<Item = SocketAddr>,
+) -> Result<Addrs, Refused> {
+    let mut refused = None;
+    let allowed: Vec<SocketAddr> = found
+        .into_iter()
+        .filter(|addr| match policy.check(addr.ip()) {
+            Ok(()) => true,
+            Err(e) => {
+                refused.get_or_insert(e);
+                false
             }
         })
+        .collect();
+    match (allowed.is_empty(), refused) {
+        (true, Some(refused)) => Err(refused),
+        _ => Ok(Box::new(allowed.into_iter())),
     }
 }
 
@@ -207,5 +216,49 @@ mod tests {
             Err(e) => e,
         };
         assert!(err.is::<Refused>(), "{err}");
+
+        // Allowed by CIDR, the same name resolves.
+        let allowing = EgressPolicy {
+            allow: vec!["127.0.0.1/32".parse().unwrap()],
+            ..EgressPolicy::guarded()
+        };
+        let resolver = GuardedResolver::new(Arc::new(allowing));
+        let addrs: Vec<SocketAddr> = match resolver.resolve("localhost".parse().unwrap()).await {
+            Ok(addrs) => addrs.collect(),
+            Err(e) => panic!("allowed localhost refused: {e}"),
+        };
+        assert!(!addrs.is_empty());
+        assert!(addrs.iter().all(|a| a.ip() == ip("127.0.0.1")), "{addrs:?}");
+    }
+
+    #[test]
+    fn a_name_with_allowed_and_refused_addresses_keeps_only_the_allowed() {
+        let at = |s: &str| SocketAddr::new(ip(s), 0);
+        let guard = EgressPolicy {
+            deny: vec!["10.0.0.0/8".parse().unwrap()],
+            ..EgressPolicy::guarded()
+        };
+        let mixed = [
+            at("169.254.169.254"),
+            at("192.168.1.10"),
+            at("::1"),
+            at("10.1.2.3"),
+            at("2001:db8::7"),
+            at("::ffff:127.0.0.1"),
+        ];
+        let kept: Vec<SocketAddr> = admit(&guard, mixed).expect("two are allowed").collect();
+        assert_eq!(kept, [at("192.168.1.10"), at("2001:db8::7")]);
+
+        let refused = match admit(&guard, [at("10.9.9.9"), at("127.0.0.53")]) {
+            Ok(_) => panic!("nothing is allowed"),
+            Err(refused) => refused,
+        };
+        assert_eq!(
+            refused.ip,
+            ip("10.9.9.9"),
+            "the first refused address is named"
+        );
+        // A name with no address at all is the resolver's error, not the guard's.
+        assert_eq!(admit(&guard, []).expect("nothing refused").count(), 0);
     }
 }

@@ -58,6 +58,8 @@ const MAX_WARNINGS: usize = 12;
 const MAX_LISTED: usize = 20;
 /// Longest line about one image in a deny message.
 const MAX_LINE_CHARS: usize = 512;
+/// An image or container name longer than this is shown cut, in deny lines and warnings.
+const MAX_NAME_CHARS: usize = 160;
 /// Entries in the `images` audit annotation, and the longest text in one.
 const MAX_AUDIT_IMAGES: usize = 20;
 const MAX_AUDIT_CHARS: usize = 256;
@@ -529,11 +531,13 @@ fn warnings(warned: &[&Finding]) -> Vec<String> {
 /// One line a user can act on: where the image is used, what is wrong with it, and the
 /// registry's own words last, so that shortening the line shortens those first.
 fn describe(finding: &Finding) -> String {
+    // A hostile image string (up to the request size) must not push the verdict and the
+    // reason off the line.
     let mut line = format!(
         "{} {:?}: image {:?} {}",
         clean(&finding.location),
-        finding.container,
-        finding.image,
+        shorten(finding.container.clone(), MAX_NAME_CHARS),
+        shorten(finding.image.clone(), MAX_NAME_CHARS),
         phrase(finding.verdict)
     );
     let detail = detail(finding);
@@ -666,6 +670,17 @@ mod tests {
             failed_blob: None,
             registry_message: None,
         }
+    }
+
+    #[test]
+    fn a_huge_image_string_leaves_room_for_the_verdict_and_the_reason() {
+        let mut f = finding("r.example/app:1", Verdict::NotFound);
+        f.image = format!("r.example/{}:1", "a".repeat(10_000));
+        f.reason = "manifest unknown: the tag does not exist".into();
+        let message = Policy::default().decide("default", &[f]).message.unwrap();
+        assert!(message.contains("was not found"), "{message}");
+        assert!(message.contains("the tag does not exist"), "{message}");
+        assert!(message.chars().count() < MAX_LINE_CHARS + 100, "{message}");
     }
 
     fn blocked_layer(image: &str) -> Finding {

@@ -110,7 +110,7 @@ async fn the_egress_guard_refuses_loopback_before_any_connection() {
         format!("localhost:{port}/team/app:1"),
     ] {
         let Ok(image) = ImageRef::parse(&reference) else {
-            // The reference grammar has no bracketed IPv6 hosts; nothing to connect to.
+            // Every form here parses; a reference that did not would have nothing to reach.
             continue;
         };
         let r = probe::probe(&guarded, &image, &[], &ProbeOptions::default()).await;
