@@ -251,8 +251,8 @@ impl Reviewer {
 
     /// What `written` names, parsed and matched against the node's keyring once and then
     /// remembered: on the hot path the same few images come back thousands of times a second,
-    /// and parsing a reference (a regex) and a keyring lookup cost more than the rest of a
-    /// cached answer.
+    /// and the keyring lookup (a URL parse and glob match per entry) and the normalised
+    /// strings would otherwise be rebuilt for every review.
     fn resolve(&self, written: &str) -> Result<Arc<Resolved>, ReferenceError> {
         if let Some(resolved) = self.resolved.get(written) {
             return Ok(resolved);
