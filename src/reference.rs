@@ -117,6 +117,12 @@ impl ImageRef {
         if repository.bytes().any(|b| b.is_ascii_uppercase()) {
             return Err(ReferenceError::Uppercase(owned()));
         }
+        // A first component that may be a domain but does not look like one ("[0]/app") is
+        // part of the Docker Hub path, and there it must be a valid path component: distribution
+        // checks the normalised name, not the input.
+        if !is_path(&repository) {
+            return Err(ReferenceError::Format(owned()));
+        }
         // containerd's ParseDockerRef keeps only the digest when both are given, and that is
         // what the node will fetch.
         let tag = match (&digest, tag) {
@@ -401,6 +407,8 @@ mod tests {
     #[case::empty("")]
     #[case::spaces("nginx latest")]
     #[case::scheme("https://quay.io/app")]
+    #[case::bracketed_hub_path("[00000]/581p:v1")]
+    #[case::bracketed_hub_path_no_tag("[abc]/app")]
     #[case::huge(&"a/".repeat(100_000))]
     #[case::double_slash("quay.io//app")]
     #[case::control_characters("nginx\u{0}\u{7}\r\n:latest")]
