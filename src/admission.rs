@@ -10,7 +10,7 @@ use futures_util::future::join_all;
 use kube::core::admission::AdmissionResponse;
 use kube::core::response::StatusSummary;
 
-use crate::cache::{CacheOptions, ProbeKey, VerdictCache};
+use crate::cache::{Answer, CacheOptions, ProbeKey, VerdictCache};
 use crate::client::RegistryClient;
 use crate::keyring::{Credential, Keyring};
 use crate::metrics::Metrics;
@@ -281,20 +281,16 @@ impl Reviewer {
         let resolved = match self.resolve(written) {
             Ok(resolved) => resolved,
             Err(e) => {
-                return Checked {
-                    report: Arc::new(probe::invalid_reference(written, &e)),
-                    registry: String::new(),
-                    exempt: policy.image_exempt(written, written),
-                };
+                return Checked::of(
+                    &probe::invalid_reference(written, &e),
+                    String::new(),
+                    policy.image_exempt(written, written),
+                );
             }
         };
         let registry = resolved.registry.clone();
         if policy.image_exempt(written, &resolved.reference) {
-            return Checked {
-                report: Arc::new(probe::exempt(&resolved.reference)),
-                registry,
-                exempt: true,
-            };
+            return Checked::of(&probe::exempt(&resolved.reference), registry, true);
         }
         // The kubelet's order: the pod's secrets first, then the node's credentials.
         let pod = if credentials.keyring.is_empty() {
@@ -328,29 +324,37 @@ impl Reviewer {
             }
         };
         let lookup = self.cache.get_or_probe(key, probe);
-        let mut report = match tokio::time::timeout_at(deadline.into(), lookup).await {
+        let mut checked = match tokio::time::timeout_at(deadline.into(), lookup).await {
             Ok(cached) => {
                 self.metrics.cache_lookup(cached.hit);
-                cached.report
+                Checked {
+                    answer: cached.answer,
+                    reference: resolved.reference.clone(),
+                    registry,
+                    exempt: false,
+                }
             }
-            Err(_) => Arc::new(probe::unfinished(&resolved.reference, budget)),
+            Err(_) => Checked::of(
+                &probe::unfinished(&resolved.reference, budget),
+                registry,
+                false,
+            ),
         };
         // A 401 when a pull secret could not be read says nothing about the node, which may
         // well have that secret.
-        if credentials.incomplete && report.verdict == Verdict::Unauthorized {
-            let mut downgraded = (*report).clone();
-            downgraded.verdict = Verdict::Unavailable;
-            downgraded.reason = format!(
-                "{} (not conclusive: a pull secret could not be read)",
-                downgraded.reason
+        let answer = &checked.answer;
+        if credentials.incomplete && answer.verdict() == Verdict::Unauthorized {
+            checked.answer = Answer::new(
+                Verdict::Unavailable,
+                &format!(
+                    "{} (not conclusive: a pull secret could not be read)",
+                    answer.reason()
+                ),
+                answer.failed_blob(),
+                answer.registry_message(),
             );
-            report = Arc::new(downgraded);
         }
-        Checked {
-            report,
-            registry,
-            exempt: false,
-        }
+        checked
     }
 }
 
@@ -369,20 +373,34 @@ struct Resolved {
 
 /// One distinct image's result.
 struct Checked {
-    report: Arc<Report>,
+    answer: Answer,
+    /// The normalised reference (empty when the image is not a reference).
+    reference: String,
     /// The registry as the reference names it, for per-registry policy.
     registry: String,
     exempt: bool,
 }
 
+impl Checked {
+    /// The result of a report made without the cache.
+    fn of(report: &Report, registry: String, exempt: bool) -> Self {
+        Checked {
+            answer: Answer::of(report),
+            reference: report.reference.clone(),
+            registry,
+            exempt,
+        }
+    }
+}
+
 fn finding(use_: &ImageUse, checked: &Checked) -> Finding {
-    let report = &checked.report;
+    let answer = &checked.answer;
     Finding {
         image: use_.image.clone(),
-        reference: if report.reference.is_empty() {
+        reference: if checked.reference.is_empty() {
             use_.image.clone()
         } else {
-            report.reference.clone()
+            checked.reference.clone()
         },
         registry_host: checked.registry.clone(),
         container: use_.container.clone(),
@@ -391,11 +409,11 @@ fn finding(use_: &ImageUse, checked: &Checked) -> Finding {
         verdict: if checked.exempt {
             Verdict::Pullable
         } else {
-            report.verdict
+            answer.verdict()
         },
-        reason: report.reason.clone(),
-        failed_blob: report.failed_blob.as_ref().map(ToString::to_string),
-        registry_message: report.registry.as_ref().map(|m| m.with_code()),
+        reason: answer.reason().to_owned(),
+        failed_blob: answer.failed_blob().map(str::to_owned),
+        registry_message: answer.registry_message().map(str::to_owned),
     }
 }
 

@@ -3,13 +3,21 @@
 //!
 //! The key carries the fingerprints of the credentials the probe used (never the secrets), so
 //! a verdict obtained with one namespace's pull secret is never handed to a pod that lacks it.
+//!
+//! It is sized for 100,000 entries in a few tens of MiB: moka holds a 128-bit keyed hash of
+//! the key and the few words of the report a review reads, with refusal texts shared between
+//! entries that say the same thing. moka's own bookkeeping, about 350 bytes an entry, is most
+//! of what is left.
 
+use std::collections::HashSet;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
 use moka::future::Cache;
+use ring::hmac;
+use ring::rand::{SecureRandom as _, SystemRandom};
 
 use crate::keyring::CredentialId;
 use crate::platform::Platform;
@@ -46,10 +54,10 @@ impl Default for CacheOptions {
 }
 
 impl CacheOptions {
-    /// The lifetime of `report` in the cache.
-    pub fn ttl(&self, report: &Report) -> Duration {
-        match report.verdict {
-            Verdict::Pullable if report.reference.contains('@') => self.digest_pullable_ttl,
+    /// How long `verdict` is kept; `pinned` when the reference names a digest.
+    pub fn ttl(&self, verdict: Verdict, pinned: bool) -> Duration {
+        match verdict {
+            Verdict::Pullable if pinned => self.digest_pullable_ttl,
             Verdict::Pullable => self.pullable_ttl,
             Verdict::Unavailable => self.unavailable_ttl,
             Verdict::Blocked | Verdict::NotFound | Verdict::Unauthorized | Verdict::Invalid => {
@@ -69,45 +77,252 @@ pub struct ProbeKey {
     pub credentials: Vec<CredentialId>,
 }
 
-/// A cached (or freshly probed) report.
+/// A [`ProbeKey`] as the cache holds it: 128 bits of an HMAC-SHA256, under a key drawn at
+/// random for each cache, of an unambiguous encoding of every field. Two keys share an entry
+/// only by chance (about 2^-128 a pair), and nobody can search for a pair that does without
+/// the process's key, so the credentials and platforms still decide who is handed a verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct KeyId(u128);
+
+impl ProbeKey {
+    fn id(&self, secret: &hmac::Key) -> KeyId {
+        // Every variable-length field is length-prefixed and every list counted, so no two
+        // different keys encode to the same bytes.
+        fn field(h: &mut hmac::Context, bytes: &[u8]) {
+            h.update(&(bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        }
+        let mut h = hmac::Context::with_key(secret);
+        field(&mut h, self.reference.as_bytes());
+        h.update(&(self.platforms.len() as u64).to_le_bytes());
+        for p in &self.platforms {
+            field(&mut h, p.os().as_bytes());
+            field(&mut h, p.architecture().as_bytes());
+            match p.variant() {
+                None => h.update(&[0]),
+                Some(v) => {
+                    h.update(&[1]);
+                    field(&mut h, v.as_bytes());
+                }
+            }
+        }
+        h.update(&(self.credentials.len() as u64).to_le_bytes());
+        for c in &self.credentials {
+            h.update(c.as_bytes());
+        }
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&h.sign().as_ref()[..16]);
+        KeyId(u128::from_le_bytes(id))
+    }
+}
+
+/// What a review reads from a probe's report, and all the cache keeps of it: the verdict, the
+/// reason, the failed blob and the registry's message. The rest of the report (blobs,
+/// platforms, counters) is for `pullgate check`, which does not go through the cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The reason, then the failed blob, then the registry's message unless the reason
+    /// already quotes it (the probe's reasons usually do); `None` when all three are empty,
+    /// as for every pullable image.
+    text: Option<Arc<str>>,
+    reason_end: u16,
+    blob_end: u16,
+    /// Where the registry's message is in `text`; `from > to` when there is none.
+    registry: (u16, u16),
+    verdict: Verdict,
+}
+
+/// Longest reason, failed blob or registry message kept. A reason quotes at most a registry
+/// message (600 characters) and an index's platform list, far below this; the bound keeps
+/// the three in u16 offsets.
+const MAX_TEXT: usize = 16 * 1024;
+
+impl Answer {
+    pub fn new(
+        verdict: Verdict,
+        reason: &str,
+        failed_blob: Option<&str>,
+        registry_message: Option<&str>,
+    ) -> Self {
+        let reason = bounded(reason);
+        let blob = bounded(failed_blob.unwrap_or_default());
+        let mut text = String::with_capacity(reason.len() + blob.len());
+        text.push_str(reason);
+        text.push_str(blob);
+        let registry = registry_message
+            .map(bounded)
+            .map(|m| match reason.rfind(m) {
+                Some(at) => (at, at + m.len()),
+                None => {
+                    text.push_str(m);
+                    (text.len() - m.len(), text.len())
+                }
+            });
+        // Each of the three parts is at most MAX_TEXT bytes, so every offset fits.
+        let offset = |n: usize| u16::try_from(n).expect("answer text is bounded");
+        Answer {
+            reason_end: offset(reason.len()),
+            blob_end: offset(reason.len() + blob.len()),
+            registry: registry.map_or((1, 0), |(from, to)| (offset(from), offset(to))),
+            verdict,
+            text: (!text.is_empty()).then(|| text.into()),
+        }
+    }
+
+    /// The part of `report` a review reads.
+    pub fn of(report: &Report) -> Self {
+        let blob = report.failed_blob.as_ref().map(ToString::to_string);
+        let registry = report.registry.as_ref().map(ToString::to_string);
+        Answer::new(
+            report.verdict,
+            &report.reason,
+            blob.as_deref(),
+            registry.as_deref(),
+        )
+    }
+
+    pub fn verdict(&self) -> Verdict {
+        self.verdict
+    }
+
+    fn text(&self) -> &str {
+        self.text.as_deref().unwrap_or_default()
+    }
+
+    /// One sentence a user can act on.
+    pub fn reason(&self) -> &str {
+        &self.text()[..usize::from(self.reason_end)]
+    }
+
+    /// The blob whose refusal decided the verdict.
+    pub fn failed_blob(&self) -> Option<&str> {
+        let blob = &self.text()[usize::from(self.reason_end)..usize::from(self.blob_end)];
+        (!blob.is_empty()).then_some(blob)
+    }
+
+    /// The registry's code and message (`DENIED: …`), when it sent one.
+    pub fn registry_message(&self) -> Option<&str> {
+        let (from, to) = self.registry;
+        (from <= to).then(|| &self.text()[usize::from(from)..usize::from(to)])
+    }
+}
+
+/// `s`, cut to at most [`MAX_TEXT`] bytes at a character boundary.
+fn bounded(s: &str) -> &str {
+    let mut end = s.len().min(MAX_TEXT);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Answer texts held by live entries, each once. Refusals repeat: every missing tag of a
+/// registry gets the same "HTTP 404 Not Found: MANIFEST_UNKNOWN…", every image a policy
+/// blocks the same explanation; sharing one copy saves about 100 bytes an entry.
+#[derive(Default)]
+struct Texts {
+    held: Mutex<TextSet>,
+}
+
+#[derive(Default)]
+struct TextSet {
+    texts: HashSet<Arc<str>>,
+    /// Texts no entry uses any more (their only holder is the set) are dropped when the set
+    /// grows to this size; doubling keeps the sweeps' cost constant per insertion.
+    sweep_at: usize,
+}
+
+/// The smallest set swept.
+const MIN_SWEEP: usize = 1024;
+
+impl Texts {
+    /// `answer`, with its text replaced by the shared copy of the same text.
+    fn share(&self, mut answer: Answer) -> Answer {
+        let Some(text) = answer.text.take() else {
+            return answer;
+        };
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(shared) = held.texts.get(&*text) {
+            answer.text = Some(shared.clone());
+            return answer;
+        }
+        if held.texts.len() >= held.sweep_at {
+            held.texts.retain(|t| Arc::strong_count(t) > 1);
+            held.sweep_at = (2 * held.texts.len()).max(MIN_SWEEP);
+        }
+        held.texts.insert(text.clone());
+        answer.text = Some(text);
+        answer
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .texts
+            .len()
+    }
+}
+
+/// A cached (or freshly probed) answer.
 #[derive(Clone, Debug)]
 pub struct Cached {
-    pub report: Arc<Report>,
+    pub answer: Answer,
     /// Answered from the cache, or by joining a probe another review started.
     pub hit: bool,
 }
 
+/// An entry: the answer, and what its lifetime depends on besides the verdict.
+#[derive(Clone)]
+struct Entry {
+    answer: Answer,
+    /// The reference names a digest, whose content cannot change.
+    pinned: bool,
+}
+
 struct VerdictExpiry(CacheOptions);
 
-impl Expiry<ProbeKey, Arc<Report>> for VerdictExpiry {
+impl Expiry<KeyId, Entry> for VerdictExpiry {
     fn expire_after_create(
         &self,
-        _key: &ProbeKey,
-        value: &Arc<Report>,
+        _key: &KeyId,
+        entry: &Entry,
         _created_at: Instant,
     ) -> Option<Duration> {
-        Some(self.0.ttl(value))
+        Some(self.0.ttl(entry.answer.verdict, entry.pinned))
     }
 }
 
 /// Verdicts by [`ProbeKey`], with per-verdict lifetimes and merged concurrent probes.
 #[derive(Clone)]
 pub struct VerdictCache {
-    cache: Cache<ProbeKey, Arc<Report>>,
+    cache: Cache<KeyId, Entry>,
+    /// The key of the keyed hash that names entries; never leaves the process.
+    secret: Arc<hmac::Key>,
+    texts: Arc<Texts>,
 }
 
 impl VerdictCache {
     pub fn new(options: CacheOptions) -> Self {
+        let mut secret = [0u8; 32];
+        // Without randomness the keyed hash would be guessable, and so would collisions;
+        // an OS whose generator fails cannot do TLS either.
+        SystemRandom::new()
+            .fill(&mut secret)
+            .expect("the operating system's random number generator failed");
         VerdictCache {
             cache: Cache::builder()
                 .max_capacity(options.max_entries)
                 .expire_after(VerdictExpiry(options))
                 .build(),
+            secret: Arc::new(hmac::Key::new(hmac::HMAC_SHA256, &secret)),
+            texts: Arc::default(),
         }
     }
 
-    /// The cached report for `key`, or the report of `probe`, run once however many reviews
-    /// ask at the same time.
+    /// The cached answer for `key`, or the answer of the report of `probe`, run once however
+    /// many reviews ask at the same time.
     ///
     /// The probe runs in its own task: a review that stops waiting at its deadline does not
     /// cancel it, so the answer still lands in the cache for the next review.
@@ -116,27 +331,37 @@ impl VerdictCache {
         P: FnOnce() -> F,
         F: Future<Output = Report> + Send + 'static,
     {
-        if let Some(report) = self.cache.get(&key).await {
-            return Cached { report, hit: true };
+        let id = key.id(&self.secret);
+        if let Some(entry) = self.cache.get(&id).await {
+            return Cached {
+                answer: entry.answer,
+                hit: true,
+            };
         }
-        let cache = self.cache.clone();
+        let (cache, texts) = (self.cache.clone(), self.texts.clone());
         let probe = probe();
         let task = tokio::spawn(async move {
             let entry = cache
-                .entry(key)
-                .or_insert_with(async move { Arc::new(probe.await) })
+                .entry(id)
+                .or_insert_with(async move {
+                    let report = probe.await;
+                    Entry {
+                        answer: texts.share(Answer::of(&report)),
+                        pinned: report.reference.contains('@'),
+                    }
+                })
                 .await;
             let fresh = entry.is_fresh();
-            (entry.into_value(), fresh)
+            (entry.into_value().answer, fresh)
         });
         match task.await {
-            Ok((report, fresh)) => Cached {
-                report,
+            Ok((answer, fresh)) => Cached {
+                answer,
                 hit: !fresh,
             },
             // The probe never panics; if it ever did, this review must still get an answer.
             Err(e) => Cached {
-                report: Arc::new(crate::probe::internal_error(&e.to_string())),
+                answer: Answer::of(&crate::probe::internal_error(&e.to_string())),
                 hit: false,
             },
         }
@@ -182,13 +407,8 @@ mod tests {
     #[test]
     fn lifetimes_follow_the_verdict() {
         let o = CacheOptions::default();
-        let tag = "r.example/app:1";
-        let digest = format!("r.example/app@sha256:{}", "a".repeat(64));
-        assert_eq!(o.ttl(&report(tag, Verdict::Pullable)), o.pullable_ttl);
-        assert_eq!(
-            o.ttl(&report(&digest, Verdict::Pullable)),
-            o.digest_pullable_ttl
-        );
+        assert_eq!(o.ttl(Verdict::Pullable, false), o.pullable_ttl);
+        assert_eq!(o.ttl(Verdict::Pullable, true), o.digest_pullable_ttl);
         assert!(o.digest_pullable_ttl > o.pullable_ttl);
         for v in [
             Verdict::Blocked,
@@ -196,9 +416,10 @@ mod tests {
             Verdict::Unauthorized,
             Verdict::Invalid,
         ] {
-            assert_eq!(o.ttl(&report(&digest, v)), o.refusal_ttl);
+            assert_eq!(o.ttl(v, true), o.refusal_ttl);
+            assert_eq!(o.ttl(v, false), o.refusal_ttl);
         }
-        assert_eq!(o.ttl(&report(tag, Verdict::Unavailable)), o.unavailable_ttl);
+        assert_eq!(o.ttl(Verdict::Unavailable, false), o.unavailable_ttl);
         assert!(o.refusal_ttl < o.pullable_ttl && o.unavailable_ttl < o.refusal_ttl);
     }
 
@@ -233,8 +454,8 @@ mod tests {
                 report("r.example/app:1", Verdict::Unauthorized)
             })
             .await;
-        assert_eq!((a.report.verdict, a.hit), (Verdict::Pullable, false));
-        assert_eq!((b.report.verdict, b.hit), (Verdict::Unauthorized, false));
+        assert_eq!((a.answer.verdict(), a.hit), (Verdict::Pullable, false));
+        assert_eq!((b.answer.verdict(), b.hit), (Verdict::Unauthorized, false));
     }
 
     #[tokio::test]
@@ -254,7 +475,10 @@ mod tests {
         let again = cache
             .get_or_probe(k, || async { report("r.example/slow:1", Verdict::Blocked) })
             .await;
-        assert_eq!((again.report.verdict, again.hit), (Verdict::Pullable, true));
+        assert_eq!(
+            (again.answer.verdict(), again.hit),
+            (Verdict::Pullable, true)
+        );
     }
 
     #[tokio::test]
@@ -274,8 +498,210 @@ mod tests {
             .get_or_probe(k, || async { report("r.example/app:1", Verdict::Pullable) })
             .await;
         assert_eq!(
-            (second.report.verdict, second.hit),
+            (second.answer.verdict(), second.hit),
             (Verdict::Pullable, false)
         );
+    }
+
+    #[tokio::test]
+    async fn a_pinned_pullable_answer_outlives_a_tag() {
+        let cache = VerdictCache::new(CacheOptions {
+            pullable_ttl: Duration::from_millis(50),
+            digest_pullable_ttl: Duration::from_secs(3600),
+            ..CacheOptions::default()
+        });
+        let tag = "r.example/app:1".to_owned();
+        let pinned = format!("r.example/app@sha256:{}", "a".repeat(64));
+        for r in [&tag, &pinned] {
+            let r2 = r.clone();
+            cache
+                .get_or_probe(
+                    key(r, vec![]),
+                    || async move { report(&r2, Verdict::Pullable) },
+                )
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let probed = |r: &str| {
+            let r = r.to_owned();
+            cache.get_or_probe(
+                key(&r, vec![]),
+                || async move { report(&r, Verdict::Blocked) },
+            )
+        };
+        let (t, p) = (probed(&tag).await, probed(&pinned).await);
+        assert_eq!((t.answer.verdict(), t.hit), (Verdict::Blocked, false));
+        assert_eq!((p.answer.verdict(), p.hit), (Verdict::Pullable, true));
+    }
+
+    fn id(reference: &str, platforms: &[&str], credentials: &[CredentialId]) -> KeyId {
+        ProbeKey {
+            reference: reference.to_owned(),
+            platforms: platforms
+                .iter()
+                .map(|p| Platform::parse(p).unwrap())
+                .collect(),
+            credentials: credentials.to_vec(),
+        }
+        .id(&secret())
+    }
+
+    fn secret() -> hmac::Key {
+        hmac::Key::new(hmac::HMAC_SHA256, &[7; 32])
+    }
+
+    #[test]
+    fn keys_tell_credentials_and_platforms_apart() {
+        let a = crate::keyring::Credential::new("a", "p", "test").id();
+        let b = crate::keyring::Credential::new("b", "p", "test").id();
+        let r = "r.example/app:1";
+        let amd = "linux/amd64";
+        let keys = [
+            id(r, &[amd], &[]),
+            id(r, &[amd], &[a]),
+            id(r, &[amd], &[b]),
+            id(r, &[amd], &[a, b]),
+            id(r, &[amd], &[b, a]),
+            id(r, &[amd], &[CredentialId::ANONYMOUS]),
+            id(r, &["linux/arm64"], &[]),
+            id(r, &["linux/arm/v7"], &[]),
+            id(r, &["linux/arm/v6"], &[]),
+            id(r, &[amd, "linux/arm64"], &[]),
+            id(r, &[], &[]),
+            id("r.example/app:2", &[amd], &[]),
+            id("r.example/app:1 ", &[amd], &[]),
+        ];
+        for (i, x) in keys.iter().enumerate() {
+            for y in &keys[i + 1..] {
+                assert_ne!(x, y);
+            }
+        }
+        // The same key always lands on the same entry, and another secret names it apart.
+        assert_eq!(id(r, &[amd], &[a, b]), id(r, &[amd], &[a, b]));
+        assert_eq!(id(r, &[amd], &[]), key(r, vec![]).id(&secret()));
+        let other = hmac::Key::new(hmac::HMAC_SHA256, &[8; 32]);
+        assert_ne!(key(r, vec![]).id(&other), key(r, vec![]).id(&secret()));
+    }
+
+    #[test]
+    fn answers_keep_what_a_review_reads() {
+        let blob = format!("sha256:{}", "b".repeat(64));
+        let quoted = "DENIED: pulling is forbidden";
+        let reason = format!("layer sha256:bbbbbbbbbbbb: HTTP 403 Forbidden: {quoted}");
+        for (reason, blob, registry) in [
+            ("", None, None),
+            ("the probe did not finish", None, None),
+            (reason.as_str(), Some(blob.as_str()), Some(quoted)),
+            (
+                reason.as_str(),
+                None,
+                Some("UNAUTHORIZED: authentication required"),
+            ),
+            ("token refused", Some(blob.as_str()), Some("")),
+            ("ümlaut ✓", Some(blob.as_str()), Some("ümlaut")),
+        ] {
+            let a = Answer::new(Verdict::Blocked, reason, blob, registry);
+            assert_eq!(
+                (
+                    a.verdict(),
+                    a.reason(),
+                    a.failed_blob(),
+                    a.registry_message()
+                ),
+                (Verdict::Blocked, reason, blob, registry)
+            );
+        }
+        // A message the reason quotes is not stored twice; a pullable answer stores nothing.
+        let a = Answer::new(Verdict::Blocked, &reason, None, Some(quoted));
+        assert_eq!(a.text().len(), reason.len());
+        assert!(
+            Answer::new(Verdict::Pullable, "", None, None)
+                .text
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn answers_of_reports() {
+        let mut r = report("r.example/app:1", Verdict::Blocked);
+        r.reason = "layer sha256:cccccccccccc: HTTP 412: PROJECTPOLICYVIOLATION: 3 CVEs".into();
+        r.failed_blob =
+            Some(crate::digest::Digest::parse(&format!("sha256:{}", "c".repeat(64))).unwrap());
+        r.registry = Some(crate::verdict::RegistryMessage::from_body(
+            br#"{"errors":[{"code":"PROJECTPOLICYVIOLATION","message":"3 CVEs"}]}"#,
+        ));
+        let a = Answer::of(&r);
+        assert_eq!(a.verdict(), Verdict::Blocked);
+        assert_eq!(a.reason(), r.reason);
+        assert_eq!(
+            a.failed_blob(),
+            Some(format!("sha256:{}", "c".repeat(64)).as_str())
+        );
+        assert_eq!(a.registry_message(), Some("PROJECTPOLICYVIOLATION: 3 CVEs"));
+        let plain = Answer::of(&report("r.example/app:1", Verdict::Pullable));
+        assert_eq!(
+            (plain.failed_blob(), plain.registry_message()),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn overlong_text_is_cut_at_a_character_boundary() {
+        let long = "é".repeat(MAX_TEXT);
+        let a = Answer::new(Verdict::Invalid, &long, None, Some(&long));
+        assert!(a.reason().len() <= MAX_TEXT && long.starts_with(a.reason()));
+        assert_eq!(a.registry_message(), Some(a.reason()));
+    }
+
+    #[test]
+    fn equal_texts_are_held_once_and_dropped_with_their_entries() {
+        let texts = Texts::default();
+        let refusal =
+            |n: usize| Answer::new(Verdict::NotFound, &format!("HTTP 404 #{n}"), None, None);
+        let a = texts.share(refusal(1));
+        let b = texts.share(refusal(1));
+        assert!(Arc::ptr_eq(
+            a.text.as_ref().unwrap(),
+            b.text.as_ref().unwrap()
+        ));
+        assert_eq!(
+            texts
+                .share(Answer::new(Verdict::Pullable, "", None, None))
+                .text,
+            None
+        );
+        assert_eq!(texts.len(), 1);
+        // Texts nobody holds any more go at the next sweep; held ones stay.
+        let many: Vec<Answer> = (2..=MIN_SWEEP).map(|n| texts.share(refusal(n))).collect();
+        assert_eq!(texts.len(), MIN_SWEEP);
+        drop(many);
+        let c = texts.share(refusal(0));
+        assert_eq!(texts.len(), 2, "text 1 (held) and text 0 (new)");
+        assert_eq!(texts.share(refusal(1)).text, a.text);
+        drop((b, c));
+    }
+
+    #[tokio::test]
+    async fn cached_refusals_share_their_text() {
+        let cache = VerdictCache::new(CacheOptions::default());
+        let mut answers = Vec::new();
+        for n in 0..3 {
+            let r = format!("r.example/gone:{n}");
+            let r2 = r.clone();
+            let cached = cache
+                .get_or_probe(key(&r, vec![]), || async move {
+                    let mut report = report(&r2, Verdict::NotFound);
+                    report.reason = "manifest: HTTP 404 Not Found: MANIFEST_UNKNOWN".into();
+                    report
+                })
+                .await;
+            answers.push(cached.answer);
+        }
+        assert!(
+            answers
+                .windows(2)
+                .all(|w| Arc::ptr_eq(w[0].text.as_ref().unwrap(), w[1].text.as_ref().unwrap()))
+        );
+        assert_eq!(cache.texts.len(), 1);
     }
 }

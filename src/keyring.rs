@@ -108,6 +108,11 @@ impl CredentialId {
         id.copy_from_slice(&tag.as_ref()[..16]);
         CredentialId(id)
     }
+
+    /// The id itself, for hashing into a cache key.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
 }
 
 impl fmt::Display for CredentialId {

@@ -64,6 +64,10 @@ impl Platform {
         &self.architecture
     }
 
+    pub fn variant(&self) -> Option<&str> {
+        self.variant.as_deref()
+    }
+
     /// Whether an index entry with this `platform` object serves this platform. Entries
     /// without a platform match (containerd keeps them), attestation entries
     /// (`unknown/unknown`) never do.

@@ -141,7 +141,7 @@ impl Failure {
         let verdict = classify_status(status.as_u16(), &message);
         let mut reason = format!("{what}: HTTP {status}");
         if !message.is_empty() {
-            reason.push_str(&format!(": {}", message.with_code()));
+            reason.push_str(&format!(": {message}"));
         }
         Failure {
             verdict,
@@ -177,7 +177,10 @@ pub async fn probe(
     let mut tried = 0;
     for credential in attempts {
         tried += 1;
-        let report = probe_once(client, image, credential, options, deadline).await;
+        // Boxed: the task of a probe still waiting for its host's turn then holds a few hundred
+        // bytes, not the tens of kilobytes of a running probe's state; a burst of reviews for
+        // one registry queues hundreds of them.
+        let report = Box::pin(probe_once(client, image, credential, options, deadline)).await;
         requests += report.requests;
         let done = report.verdict == Verdict::Pullable || Instant::now() >= deadline;
         if best.as_ref().is_none_or(|b| {
@@ -270,13 +273,9 @@ async fn run(
     report: &mut Report,
 ) -> Result<(), Failure> {
     let reference = image.manifest_reference();
-    let top = fetch_manifest(
-        session,
-        &reference,
-        image.digest(),
-        &format!("manifest {reference}"),
-    )
-    .await?;
+    // "manifest", not "manifest <tag>": every message already names the image, and one
+    // text for all of a registry's missing tags is one copy in the verdict cache.
+    let top = fetch_manifest(session, &reference, image.digest(), "manifest").await?;
     report.digest = Some(top.digest.clone());
     report.media_type = Some(top.media_type.clone());
 

@@ -77,7 +77,8 @@ pub struct RegistryMessage {
     /// The distribution error code of the first error (`DENIED`, `PROJECTPOLICYVIOLATION`…).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
-    /// The registry's own words, shortened.
+    /// The registry's own words, shortened: each error as `CODE: message` (the code is what
+    /// a user searches the registry's documentation for), or a plain-text body as it came.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
@@ -150,17 +151,6 @@ fn clean(s: &str) -> String {
         out.push('…');
     }
     out
-}
-
-impl RegistryMessage {
-    /// The code and the message, `PROJECTPOLICYVIOLATION: current image with…`: the code is
-    /// what a user searches the registry's documentation for.
-    pub fn with_code(&self) -> String {
-        match (&self.code, &self.message) {
-            (Some(c), Some(m)) => format!("{c}: {m}"),
-            _ => self.to_string(),
-        }
-    }
 }
 
 impl fmt::Display for RegistryMessage {

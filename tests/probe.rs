@@ -417,6 +417,18 @@ async fn missing_tag_and_deleted_blob_are_not_found() {
         r.registry.as_ref().unwrap().code.as_deref(),
         Some("MANIFEST_UNKNOWN")
     );
+    // The registry's code is named once, with its words: "…: MANIFEST_UNKNOWN: manifest unknown".
+    assert_eq!(
+        r.reason.matches("MANIFEST_UNKNOWN").count(),
+        1,
+        "{}",
+        r.reason
+    );
+    assert!(
+        r.reason.contains("MANIFEST_UNKNOWN: manifest unknown"),
+        "{}",
+        r.reason
+    );
 
     let layer = &img.layer_digests[0];
     let resp = w
@@ -433,6 +445,7 @@ async fn missing_tag_and_deleted_blob_are_not_found() {
         r.registry.as_ref().unwrap().code.as_deref(),
         Some("BLOB_UNKNOWN")
     );
+    assert_eq!(r.reason.matches("BLOB_UNKNOWN").count(), 1, "{}", r.reason);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
