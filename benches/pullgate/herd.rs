@@ -111,6 +111,14 @@ pub async fn fan_out(ctx: &mut Ctx) -> anyhow::Result<()> {
     load::one(&target, Bytes::from(warm)).await?;
 
     let (mut one, mut many) = (Vec::new(), Vec::new());
+    // Where the CPU of the twenty-image reviews goes: with every process on the same 2 cores,
+    // the ratio measures whoever is busiest.
+    let pids = [
+        server.pid(),
+        ctx.reg.pid(),
+        std::process::id(), // the token server and the load generator
+    ];
+    let mut cpu_many = [Duration::ZERO; 3];
     for rep in 0..FAN_OUT_REPS {
         let mut images = Vec::new();
         for k in 0..=FAN_OUT {
@@ -127,7 +135,13 @@ pub async fn fan_out(ctx: &mut Ctx) -> anyhow::Result<()> {
             [(true, twenty), (false, single)]
         };
         for (is_many, body) in order {
+            let cpu_before = pids.map(crate::procs::cpu_time);
             let (took, answer) = load::one(&target, Bytes::from(body)).await?;
+            if is_many {
+                for (i, pid) in pids.into_iter().enumerate() {
+                    cpu_many[i] += crate::procs::cpu_time(pid).saturating_sub(cpu_before[i]);
+                }
+            }
             anyhow::ensure!(
                 load::allowed(&answer),
                 "fan-out pod not admitted: {}",
@@ -155,6 +169,17 @@ pub async fn fan_out(ctx: &mut Ctx) -> anyhow::Result<()> {
         ),
         "< 2",
         Status::of(ratio < 2.0),
+    );
+    let per_review = |d: Duration| d.as_secs_f64() * 1000.0 / FAN_OUT_REPS as f64;
+    ctx.report.info(
+        "5",
+        format!("CPU per {FAN_OUT}-image review: pullgate / registry / token server + generator"),
+        format!(
+            "{:.0} / {:.0} / {:.0} ms",
+            per_review(cpu_many[0]),
+            per_review(cpu_many[1]),
+            per_review(cpu_many[2])
+        ),
     );
     Ok(())
 }

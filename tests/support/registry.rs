@@ -57,6 +57,11 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// The `docker-registry` process, for the benchmark's CPU accounting.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts `docker-registry serve` on a free 127.0.0.1 port with a certificate from `pki`,
     /// storing blobs under `storage`. Several registries may share one storage directory:
     /// tests push through an anonymous one and probe through an authenticated one.
