@@ -8,8 +8,13 @@
 
 use kube::core::admission::{AdmissionResponse, Operation};
 use kube::core::{GroupVersionKind, TypeMeta};
+use std::fmt;
+
 use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
+
+use crate::workload::{Kind, ObjectBody, ObjectSeed};
 
 /// The only version kube-apiserver is configured to send (`admissionReviewVersions: [v1]`).
 pub const API_VERSION: &str = "admission.k8s.io/v1";
@@ -19,34 +24,182 @@ pub const KIND: &str = "AdmissionReview";
 /// ("expected struct AdmissionReview") speak the API's words.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct AdmissionReview {
+struct AdmissionReview<R> {
     api_version: String,
     kind: String,
-    request: Option<AdmissionRequest>,
+    request: Option<R>,
 }
 
-/// The request of an AdmissionReview: what is answered, and the objects, still raw.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// The request of an AdmissionReview: what is answered, and the objects, read in the same
+/// pass when their kind came before them (as kube-apiserver writes it), raw otherwise.
+#[derive(Clone, Debug)]
 pub struct AdmissionRequest {
     /// The review's own apiVersion and kind, echoed in the answer.
-    #[serde(skip)]
     pub types: TypeMeta,
     pub uid: String,
     pub kind: GroupVersionKind,
-    #[serde(default)]
     pub sub_resource: Option<String>,
-    #[serde(default)]
     pub name: String,
-    #[serde(default)]
     pub namespace: Option<String>,
     pub operation: Operation,
-    #[serde(default)]
-    pub object: Option<Box<RawValue>>,
-    #[serde(default)]
-    pub old_object: Option<Box<RawValue>>,
-    #[serde(default)]
+    pub object: Option<ObjectBody>,
+    pub old_object: Option<ObjectBody>,
     pub dry_run: bool,
+}
+
+/// The request with its objects kept raw: how a body is read again when an object does not
+/// read as its kind, so that the error is the workload's, worded for the kind.
+#[derive(Deserialize)]
+#[serde(
+    rename = "AdmissionRequest",
+    expecting = "struct AdmissionRequest",
+    rename_all = "camelCase"
+)]
+struct RawRequest {
+    uid: String,
+    kind: GroupVersionKind,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    operation: Operation,
+    #[serde(default)]
+    object: Option<Box<RawValue>>,
+    #[serde(default)]
+    old_object: Option<Box<RawValue>>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+impl From<RawRequest> for AdmissionRequest {
+    fn from(raw: RawRequest) -> Self {
+        AdmissionRequest {
+            types: TypeMeta::default(),
+            uid: raw.uid,
+            kind: raw.kind,
+            sub_resource: raw.sub_resource,
+            name: raw.name,
+            namespace: raw.namespace,
+            operation: raw.operation,
+            object: raw.object.map(ObjectBody::Raw),
+            old_object: raw.old_object.map(ObjectBody::Raw),
+            dry_run: raw.dry_run,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "camelCase")]
+enum Field {
+    Uid,
+    Kind,
+    SubResource,
+    Name,
+    Namespace,
+    Operation,
+    Object,
+    OldObject,
+    DryRun,
+    #[serde(other)]
+    Other,
+}
+
+const FIELDS: &[&str] = &[
+    "uid",
+    "kind",
+    "subResource",
+    "name",
+    "namespace",
+    "operation",
+    "object",
+    "oldObject",
+    "dryRun",
+];
+
+impl<'de> Deserialize<'de> for AdmissionRequest {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_struct("AdmissionRequest", FIELDS, RequestVisitor)
+    }
+}
+
+struct RequestVisitor;
+
+impl<'de> Visitor<'de> for RequestVisitor {
+    type Value = AdmissionRequest;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("struct AdmissionRequest")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AdmissionRequest, A::Error> {
+        fn set<T, E: de::Error>(
+            slot: &mut Option<T>,
+            name: &'static str,
+            value: T,
+        ) -> Result<(), E> {
+            match slot.replace(value) {
+                Some(_) => Err(E::duplicate_field(name)),
+                None => Ok(()),
+            }
+        }
+        let mut uid = None;
+        let mut kind: Option<GroupVersionKind> = None;
+        let mut sub_resource = None;
+        let mut name = None;
+        let mut namespace = None;
+        let mut operation = None;
+        let mut object = None;
+        let mut old_object = None;
+        let mut dry_run = None;
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Uid => set(&mut uid, "uid", map.next_value::<String>()?)?,
+                Field::Kind => set(&mut kind, "kind", map.next_value()?)?,
+                Field::SubResource => set(&mut sub_resource, "subResource", map.next_value()?)?,
+                Field::Name => set(&mut name, "name", map.next_value::<String>()?)?,
+                Field::Namespace => set(&mut namespace, "namespace", map.next_value()?)?,
+                Field::Operation => set(&mut operation, "operation", map.next_value()?)?,
+                Field::Object => set(&mut object, "object", object_body(&mut map, &kind)?)?,
+                Field::OldObject => {
+                    set(&mut old_object, "oldObject", object_body(&mut map, &kind)?)?;
+                }
+                Field::DryRun => set(&mut dry_run, "dryRun", map.next_value::<bool>()?)?,
+                Field::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(AdmissionRequest {
+            types: TypeMeta::default(),
+            uid: uid.ok_or_else(|| de::Error::missing_field("uid"))?,
+            kind: kind.ok_or_else(|| de::Error::missing_field("kind"))?,
+            sub_resource: sub_resource.flatten(),
+            name: name.unwrap_or_default(),
+            namespace: namespace.flatten(),
+            operation: operation.ok_or_else(|| de::Error::missing_field("operation"))?,
+            object: object.flatten(),
+            old_object: old_object.flatten(),
+            dry_run: dry_run.unwrap_or_default(),
+        })
+    }
+}
+
+/// The next value as an object: read as its kind when the kind came first and is one
+/// pullgate reads (the bytes are then gone through once), kept as JSON otherwise.
+fn object_body<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    kind: &Option<GroupVersionKind>,
+) -> Result<Option<ObjectBody>, A::Error> {
+    match kind.as_ref().and_then(Kind::from_gvk) {
+        Some(kind) => Ok(map
+            .next_value_seed(ObjectSeed(kind))?
+            .map(|parts| ObjectBody::Read(Box::new(parts)))),
+        None => Ok(map
+            .next_value::<Option<Box<RawValue>>>()?
+            .map(ObjectBody::Raw)),
+    }
 }
 
 impl AdmissionRequest {
@@ -76,8 +229,20 @@ pub fn parse(bytes: &[u8]) -> Result<AdmissionRequest, Box<AdmissionResponse>> {
             .unwrap_or_default();
         Box::new(response)
     };
-    let review: AdmissionReview =
-        serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
+    let review = match serde_json::from_slice::<AdmissionReview<AdmissionRequest>>(bytes) {
+        Ok(review) => review,
+        // Read again with the objects kept raw: an envelope error is reported as it is, and
+        // an object that does not read as its kind is reported by `workload`.
+        Err(_) => {
+            let review = serde_json::from_slice::<AdmissionReview<RawRequest>>(bytes)
+                .map_err(|e| invalid(e.to_string()))?;
+            AdmissionReview {
+                api_version: review.api_version,
+                kind: review.kind,
+                request: review.request.map(AdmissionRequest::from),
+            }
+        }
+    };
     if review.api_version != API_VERSION || review.kind != KIND {
         return Err(invalid(format!(
             "expected apiVersion {API_VERSION} and kind {KIND}, got {} {}",
@@ -129,7 +294,7 @@ mod tests {
     }
 
     #[test]
-    fn the_answer_echoes_uid_and_version_and_keeps_objects_raw() {
+    fn the_answer_echoes_uid_and_version() {
         let request = parse(
             br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{
                 "uid":"u-1","kind":{"group":"","version":"v1","kind":"Pod"},
@@ -137,15 +302,111 @@ mod tests {
                 "object":{"spec":{"containers":[]}},"oldObject":null}}"#,
         )
         .expect("a review");
-        assert_eq!(
-            request.object.as_deref().map(RawValue::get),
-            Some(r#"{"spec":{"containers":[]}}"#)
-        );
         assert!(request.old_object.is_none() && request.dry_run);
         let review = serde_json::to_value(request.response().into_review()).expect("json");
         assert_eq!(review["apiVersion"], API_VERSION);
         assert_eq!(review["kind"], KIND);
         assert_eq!(review["response"]["uid"], "u-1");
         assert_eq!(review["response"]["allowed"], true);
+    }
+
+    fn review_of(request: &str) -> Vec<u8> {
+        format!(
+            r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{request}}}"#
+        )
+        .into_bytes()
+    }
+
+    const POD: &str = r#"{"group":"","version":"v1","kind":"Pod"}"#;
+    const OBJECT: &str =
+        r#"{"metadata":{"name":"p"},"spec":{"containers":[{"name":"a","image":"r.io/a:1"}]}}"#;
+
+    /// Whether the object was read in the envelope's pass, and the images the workload has.
+    fn read(body: &[u8]) -> (bool, Vec<String>) {
+        let request = parse(body).expect("a review");
+        let read_in_pass = matches!(request.object, Some(ObjectBody::Read(_)));
+        let workload = crate::workload::from_request(&request)
+            .expect("readable")
+            .expect("a workload");
+        let images = workload.images.iter().map(|u| u.image.clone()).collect();
+        (read_in_pass, images)
+    }
+
+    #[test]
+    fn an_object_after_its_kind_is_read_in_the_same_pass_and_before_it_later() {
+        let kind_first = review_of(&format!(
+            r#"{{"uid":"u","kind":{POD},"operation":"CREATE","object":{OBJECT}}}"#
+        ));
+        let object_first = review_of(&format!(
+            r#"{{"uid":"u","object":{OBJECT},"operation":"CREATE","kind":{POD}}}"#
+        ));
+        assert_eq!(read(&kind_first), (true, vec!["r.io/a:1".to_owned()]));
+        assert_eq!(read(&object_first), (false, vec!["r.io/a:1".to_owned()]));
+    }
+
+    #[test]
+    fn objects_of_other_kinds_stay_raw() {
+        let service = review_of(
+            r#"{"uid":"u","kind":{"group":"","version":"v1","kind":"Service"},"operation":"CREATE","object":{"spec":{"ports":[]}}}"#,
+        );
+        let request = parse(&service).expect("a review");
+        assert_eq!(
+            request.object.as_ref().and_then(ObjectBody::raw),
+            Some(r#"{"spec":{"ports":[]}}"#)
+        );
+    }
+
+    #[test]
+    fn an_object_that_does_not_read_as_its_kind_is_the_workloads_error() {
+        // `containers` is not a list: the single pass fails, the body is read again with the
+        // object raw, and the error names the kind.
+        let body = review_of(&format!(
+            r#"{{"uid":"u-9","kind":{POD},"operation":"CREATE","object":{{"spec":{{"containers":5}}}}}}"#
+        ));
+        let request = parse(&body).expect("the envelope is fine");
+        assert_eq!(request.uid, "u-9");
+        assert!(request.object.as_ref().and_then(ObjectBody::raw).is_some());
+        let err = crate::workload::from_request(&request).unwrap_err();
+        assert!(err.to_string().starts_with("malformed Pod"), "{err}");
+    }
+
+    #[test]
+    fn envelope_errors_are_reported_as_before() {
+        for (request, says) in [
+            (
+                format!(r#"{{"kind":{POD},"operation":"CREATE"}}"#),
+                "missing field `uid`",
+            ),
+            (
+                r#"{"uid":"u","operation":"CREATE"}"#.to_owned(),
+                "missing field `kind`",
+            ),
+            (
+                format!(r#"{{"uid":"u","kind":{POD}}}"#),
+                "missing field `operation`",
+            ),
+            (
+                format!(r#"{{"uid":"u","uid":"v","kind":{POD},"operation":"CREATE"}}"#),
+                "duplicate field `uid`",
+            ),
+            (
+                format!(
+                    r#"{{"uid":"u","kind":{POD},"operation":"CREATE","object":{OBJECT},"object":{OBJECT}}}"#
+                ),
+                "duplicate field `object`",
+            ),
+            (
+                format!(r#"{{"uid":"u","kind":{POD},"operation":"EAT"}}"#),
+                "unknown variant `EAT`",
+            ),
+        ] {
+            let err = parse(&review_of(&request)).unwrap_err();
+            assert!(!err.allowed);
+            assert!(
+                err.result.message.contains(says),
+                "{request}: {}",
+                err.result.message
+            );
+        }
     }
 }

@@ -6,12 +6,13 @@
 //! `pods/ephemeralcontainers`) yields `Ok(None)` rather than an empty [`Workload`], so callers
 //! can tell "nothing to check" from "checked, nothing new".
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 
 use kube::core::GroupVersionKind;
 use kube::core::admission::Operation;
-use serde::de::DeserializeOwned;
+use serde::de::{Deserialize, DeserializeSeed, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::platform::Platform;
@@ -196,67 +197,132 @@ pub struct RequestParts<'a> {
 
 /// Reads the workload of an admission request; `Ok(None)` when the request cannot add an image.
 pub fn from_request(req: &AdmissionRequest) -> Result<Option<Workload>, WorkloadError> {
-    from_parts(&RequestParts {
+    let header = Header {
         kind: &req.kind,
         sub_resource: req.sub_resource.as_deref(),
         operation: &req.operation,
         namespace: req.namespace.as_deref(),
-        object: req.object.as_deref(),
-        old_object: req.old_object.as_deref(),
-    })
+    };
+    let Some((kind, only_ephemeral)) = header.what_to_read()? else {
+        return Ok(None);
+    };
+    // The request parser reads an object in the same pass as the envelope when the kind came
+    // first, as kube-apiserver writes it; otherwise the object is still JSON.
+    fn read(body: &ObjectBody, kind: Kind) -> Result<Option<Cow<'_, Parts>>, WorkloadError> {
+        Ok(match body {
+            ObjectBody::Read(parts) if parts.kind == kind => Some(Cow::Borrowed(&**parts)),
+            // Read as another kind: only if `kind` was changed after parsing, which nothing does.
+            ObjectBody::Read(_) => None,
+            ObjectBody::Raw(raw) => read_object(kind, raw)?.map(Cow::Owned),
+        })
+    }
+    let object = match &req.object {
+        Some(body) => read(body, kind)?,
+        None => None,
+    };
+    let old = match &req.old_object {
+        Some(body) if req.operation == Operation::Update => read(body, kind)?,
+        _ => None,
+    };
+    workload_of(
+        &header,
+        kind,
+        only_ephemeral,
+        object.as_deref(),
+        old.as_deref(),
+    )
 }
 
 /// Reads the workload from a request's parts; `Ok(None)` when the request cannot add an image.
-///
-/// The operation and subresource are looked at before the kind, so a DELETE or a status
-/// update of a kind we do not know is never an error.
 pub fn from_parts(parts: &RequestParts<'_>) -> Result<Option<Workload>, WorkloadError> {
-    if matches!(parts.operation, Operation::Delete | Operation::Connect) {
-        return Ok(None);
-    }
-    let only_ephemeral = match parts.sub_resource.filter(|s| !s.is_empty()) {
-        None => false,
-        Some(EPHEMERAL_CONTAINERS) => true,
-        Some(_) => return Ok(None),
+    let header = Header {
+        kind: parts.kind,
+        sub_resource: parts.sub_resource,
+        operation: parts.operation,
+        namespace: parts.namespace,
     };
-    let gvk = parts.kind;
-    let kind = Kind::from_gvk(gvk).ok_or_else(|| WorkloadError::UnsupportedKind {
-        group: gvk.group.clone(),
-        version: gvk.version.clone(),
-        kind: gvk.kind.clone(),
-    })?;
-    let object = parts.object.ok_or(WorkloadError::MissingObject { kind })?;
-    let (meta, spec) = read_object(kind, object)?;
-    let spec = spec.unwrap_or_default();
+    let Some((kind, only_ephemeral)) = header.what_to_read()? else {
+        return Ok(None);
+    };
+    let object = match parts.object {
+        Some(raw) => read_object(kind, raw)?,
+        None => None,
+    };
+    let old = match parts.old_object {
+        Some(raw) if *parts.operation == Operation::Update => read_object(kind, raw)?,
+        _ => None,
+    };
+    workload_of(&header, kind, only_ephemeral, object.as_ref(), old.as_ref())
+}
+
+/// The fields of a request that say what to read, before any object is.
+struct Header<'a> {
+    kind: &'a GroupVersionKind,
+    sub_resource: Option<&'a str>,
+    operation: &'a Operation,
+    namespace: Option<&'a str>,
+}
+
+impl Header<'_> {
+    /// The kind to read, and whether only ephemeral containers count; `None` when the request
+    /// cannot add an image. The operation and subresource are looked at before the kind, so a
+    /// DELETE or a status update of a kind we do not know is never an error.
+    fn what_to_read(&self) -> Result<Option<(Kind, bool)>, WorkloadError> {
+        if matches!(self.operation, Operation::Delete | Operation::Connect) {
+            return Ok(None);
+        }
+        let only_ephemeral = match self.sub_resource.filter(|s| !s.is_empty()) {
+            None => false,
+            Some(EPHEMERAL_CONTAINERS) => true,
+            Some(_) => return Ok(None),
+        };
+        let gvk = self.kind;
+        let kind = Kind::from_gvk(gvk).ok_or_else(|| WorkloadError::UnsupportedKind {
+            group: gvk.group.clone(),
+            version: gvk.version.clone(),
+            kind: gvk.kind.clone(),
+        })?;
+        Ok(Some((kind, only_ephemeral)))
+    }
+}
+
+fn workload_of(
+    header: &Header<'_>,
+    kind: Kind,
+    only_ephemeral: bool,
+    object: Option<&Parts>,
+    old: Option<&Parts>,
+) -> Result<Option<Workload>, WorkloadError> {
+    let object = object.ok_or(WorkloadError::MissingObject { kind })?;
+    let no_spec = PodSpec::default();
+    let spec = object.spec.as_ref().unwrap_or(&no_spec);
 
     // Whatever the old object used was admitted then; checking it again would let a registry
     // outage block unrelated edits (scaling, labels) of running workloads.
-    let admitted: HashSet<String> = match parts.old_object {
-        Some(old) if *parts.operation == Operation::Update => read_object(kind, old)?
-            .1
-            .map(|old| image_uses(&old).into_iter().map(|u| u.image).collect())
-            .unwrap_or_default(),
-        _ => HashSet::new(),
-    };
-    let (skipped, images) = image_uses(&spec)
+    let admitted: HashSet<String> = old
+        .and_then(|old| old.spec.as_ref())
+        .map(|old| image_uses(old).into_iter().map(|u| u.image).collect())
+        .unwrap_or_default();
+    let (skipped, images) = image_uses(spec)
         .into_iter()
         .filter(|u| !admitted.contains(&u.image))
         .filter(|u| !only_ephemeral || u.location == Location::EphemeralContainer)
         .partition(ImageUse::never_pulled);
 
+    let meta = &object.meta;
     Ok(Some(Workload {
         kind,
-        namespace: parts
+        namespace: header
             .namespace
             .filter(|ns| !ns.is_empty())
-            .map(str::to_owned)
-            .or(meta.namespace)
-            .unwrap_or_default(),
-        name: display_name(meta.name, meta.generate_name),
-        pod: pod_facts(&spec, kind != Kind::Pod),
+            .or(meta.namespace.as_deref())
+            .unwrap_or_default()
+            .to_owned(),
+        name: display_name(meta.name.as_deref(), meta.generate_name.as_deref()),
+        pod: pod_facts(spec, kind != Kind::Pod),
         images,
         skipped,
-        placement: Placement::from_spec(&spec),
+        placement: Placement::from_spec(spec),
     }))
 }
 
@@ -265,48 +331,103 @@ pub fn platforms(spec: &PodSpec, cluster: &[Platform]) -> Vec<Platform> {
     Placement::from_spec(spec).platforms(cluster)
 }
 
-type Parts = (ObjectMeta, Option<PodSpec>);
-
-/// The object's metadata and the pod spec it runs, if it has one.
-fn read_object(kind: Kind, object: &RawValue) -> Result<Parts, WorkloadError> {
-    fn read<T: DeserializeOwned>(
-        object: &RawValue,
-        split: impl FnOnce(T) -> (Option<ObjectMeta>, Option<PodSpec>),
-    ) -> Result<Parts, serde_json::Error> {
-        let (meta, spec) = split(serde_json::from_str(object.get())?);
-        Ok((meta.unwrap_or_default(), spec))
-    }
-    fn template(t: Option<PodTemplateSpec>) -> Option<PodSpec> {
-        t.and_then(|t| t.spec)
-    }
-    fn templated(o: Object<TemplateSpec>) -> (Option<ObjectMeta>, Option<PodSpec>) {
-        (o.metadata, template(o.spec.and_then(|s| s.template)))
-    }
-    match kind {
-        Kind::Pod => read(object, |o: Object<PodSpec>| (o.metadata, o.spec)),
-        Kind::Deployment
-        | Kind::ReplicaSet
-        | Kind::StatefulSet
-        | Kind::DaemonSet
-        | Kind::Job
-        | Kind::ReplicationController => read(object, templated),
-        Kind::CronJob => read(object, |o: Object<CronJobSpec>| {
-            let job = o.spec.and_then(|s| s.job_template).and_then(|j| j.spec);
-            (o.metadata, template(job.and_then(|j| j.template)))
-        }),
-        Kind::PodTemplate => read(object, |o: PodTemplate| (o.metadata, template(o.template))),
-    }
-    .map_err(|source| WorkloadError::Malformed {
-        kind: kind.as_str().to_owned(),
-        source,
-    })
+/// What pullgate reads of an object: its metadata and the pod spec it runs, if it has one.
+#[derive(Clone, Debug)]
+pub struct Parts {
+    /// The kind it was read as.
+    kind: Kind,
+    meta: ObjectMeta,
+    spec: Option<PodSpec>,
 }
 
-fn display_name(name: Option<String>, generate_name: Option<String>) -> String {
-    let non_empty = |s: &String| !s.is_empty();
-    name.filter(non_empty)
-        .or_else(|| generate_name.filter(non_empty).map(|g| format!("{g}*")))
-        .unwrap_or_default()
+/// An object of an admission request, as the request parser left it.
+#[derive(Clone, Debug)]
+pub enum ObjectBody {
+    /// Read while the review was parsed, because its kind came first.
+    Read(Box<Parts>),
+    /// Still JSON: the kind came after it, is not one pullgate reads, or the object did not
+    /// read (the error is reported when the workload is read).
+    Raw(Box<RawValue>),
+}
+
+impl ObjectBody {
+    /// The object as JSON text, when it is still JSON.
+    pub fn raw(&self) -> Option<&str> {
+        match self {
+            ObjectBody::Raw(raw) => Some(raw.get()),
+            // Read as another kind: only if `kind` was changed after parsing, which nothing does.
+            ObjectBody::Read(_) => None,
+        }
+    }
+}
+
+/// Reads an object of one kind from any deserializer, so that the request parser can read it
+/// in the same pass as the envelope; JSON `null` is no object.
+#[derive(Clone, Copy, Debug)]
+pub struct ObjectSeed(pub Kind);
+
+impl<'de> DeserializeSeed<'de> for ObjectSeed {
+    type Value = Option<Parts>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<Parts>, D::Error> {
+        fn read<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+            d: D,
+            kind: Kind,
+            split: impl FnOnce(T) -> (Option<ObjectMeta>, Option<PodSpec>),
+        ) -> Result<Option<Parts>, D::Error> {
+            Ok(Option::<T>::deserialize(d)?.map(|object| {
+                let (meta, spec) = split(object);
+                Parts {
+                    kind,
+                    meta: meta.unwrap_or_default(),
+                    spec,
+                }
+            }))
+        }
+        fn template(t: Option<PodTemplateSpec>) -> Option<PodSpec> {
+            t.and_then(|t| t.spec)
+        }
+        fn templated(o: Object<TemplateSpec>) -> (Option<ObjectMeta>, Option<PodSpec>) {
+            (o.metadata, template(o.spec.and_then(|s| s.template)))
+        }
+        let kind = self.0;
+        match kind {
+            Kind::Pod => read(d, kind, |o: Object<PodSpec>| (o.metadata, o.spec)),
+            Kind::Deployment
+            | Kind::ReplicaSet
+            | Kind::StatefulSet
+            | Kind::DaemonSet
+            | Kind::Job
+            | Kind::ReplicationController => read(d, kind, templated),
+            Kind::CronJob => read(d, kind, |o: Object<CronJobSpec>| {
+                let job = o.spec.and_then(|s| s.job_template).and_then(|j| j.spec);
+                (o.metadata, template(job.and_then(|j| j.template)))
+            }),
+            Kind::PodTemplate => read(d, kind, |o: PodTemplate| (o.metadata, template(o.template))),
+        }
+    }
+}
+
+/// Reads an object still held as JSON.
+fn read_object(kind: Kind, object: &RawValue) -> Result<Option<Parts>, WorkloadError> {
+    // From bytes, like the request body, so both passes share one instance of the decoder.
+    let mut de = serde_json::Deserializer::from_slice(object.get().as_bytes());
+    ObjectSeed(kind)
+        .deserialize(&mut de)
+        .and_then(|parts| de.end().map(|()| parts))
+        .map_err(|source| WorkloadError::Malformed {
+            kind: kind.as_str().to_owned(),
+            source,
+        })
+}
+
+fn display_name(name: Option<&str>, generate_name: Option<&str>) -> String {
+    let non_empty = |s: &&str| !s.is_empty();
+    match (name.filter(non_empty), generate_name.filter(non_empty)) {
+        (Some(name), _) => name.to_owned(),
+        (None, Some(generate)) => format!("{generate}*"),
+        (None, None) => String::new(),
+    }
 }
 
 /// Where an image is used, by whom, the image and its pull policy, as the spec holds them.
