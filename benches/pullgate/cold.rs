@@ -16,7 +16,7 @@ use crate::support::{
 
 const REPS: usize = 5;
 const RTT_REPS: usize = 3;
-const ONE_WAY: Duration = Duration::from_millis(25);
+pub const ONE_WAY: Duration = Duration::from_millis(25);
 const LAYERS: [usize; 3] = [2 * 1024 * 1024, 512 * 1024, 32 * 1024];
 const SKOPEO: [Skopeo; 3] = [Skopeo::InspectRaw, Skopeo::Inspect, Skopeo::Copy];
 
