@@ -203,33 +203,10 @@ pub fn from_request(req: &AdmissionRequest) -> Result<Option<Workload>, Workload
         operation: &req.operation,
         namespace: req.namespace.as_deref(),
     };
-    let Some((kind, only_ephemeral)) = header.what_to_read()? else {
-        return Ok(None);
-    };
-    // The request parser reads an object in the same pass as the envelope when the kind came
-    // first, as kube-apiserver writes it; otherwise the object is still JSON.
-    fn read(body: &ObjectBody, kind: Kind) -> Result<Option<Cow<'_, Parts>>, WorkloadError> {
-        Ok(match body {
-            ObjectBody::Read(parts) if parts.kind == kind => Some(Cow::Borrowed(&**parts)),
-            // Read as another kind: only if `kind` was changed after parsing, which nothing does.
-            ObjectBody::Read(_) => None,
-            ObjectBody::Raw(raw) => read_object(kind, raw)?.map(Cow::Owned),
-        })
-    }
-    let object = match &req.object {
-        Some(body) => read(body, kind)?,
-        None => None,
-    };
-    let old = match &req.old_object {
-        Some(body) if req.operation == Operation::Update => read(body, kind)?,
-        _ => None,
-    };
-    workload_of(
+    read(
         &header,
-        kind,
-        only_ephemeral,
-        object.as_deref(),
-        old.as_deref(),
+        req.object.as_ref().map(ObjectBody::held),
+        req.old_object.as_ref().map(ObjectBody::held),
     )
 }
 
@@ -241,18 +218,11 @@ pub fn from_parts(parts: &RequestParts<'_>) -> Result<Option<Workload>, Workload
         operation: parts.operation,
         namespace: parts.namespace,
     };
-    let Some((kind, only_ephemeral)) = header.what_to_read()? else {
-        return Ok(None);
-    };
-    let object = match parts.object {
-        Some(raw) => read_object(kind, raw)?,
-        None => None,
-    };
-    let old = match parts.old_object {
-        Some(raw) if *parts.operation == Operation::Update => read_object(kind, raw)?,
-        _ => None,
-    };
-    workload_of(&header, kind, only_ephemeral, object.as_ref(), old.as_ref())
+    read(
+        &header,
+        parts.object.map(Held::Raw),
+        parts.old_object.map(Held::Raw),
+    )
 }
 
 /// The fields of a request that say what to read, before any object is.
@@ -286,20 +256,33 @@ impl Header<'_> {
     }
 }
 
-fn workload_of(
+/// The workload of a request whose objects are `object` and `old`.
+fn read(
     header: &Header<'_>,
-    kind: Kind,
-    only_ephemeral: bool,
-    object: Option<&Parts>,
-    old: Option<&Parts>,
+    object: Option<Held<'_>>,
+    old: Option<Held<'_>>,
 ) -> Result<Option<Workload>, WorkloadError> {
-    let object = object.ok_or(WorkloadError::MissingObject { kind })?;
+    let Some((kind, only_ephemeral)) = header.what_to_read()? else {
+        return Ok(None);
+    };
+    let object = match object {
+        Some(held) => held.read(kind)?,
+        None => None,
+    };
+    let old = match old {
+        Some(held) if *header.operation == Operation::Update => held.read(kind)?,
+        _ => None,
+    };
+    let object = object
+        .as_deref()
+        .ok_or(WorkloadError::MissingObject { kind })?;
     let no_spec = PodSpec::default();
     let spec = object.spec.as_ref().unwrap_or(&no_spec);
 
     // Whatever the old object used was admitted then; checking it again would let a registry
     // outage block unrelated edits (scaling, labels) of running workloads.
     let admitted: HashSet<String> = old
+        .as_deref()
         .and_then(|old| old.spec.as_ref())
         .map(|old| image_uses(old).into_iter().map(|u| u.image).collect())
         .unwrap_or_default();
@@ -334,8 +317,6 @@ pub fn platforms(spec: &PodSpec, cluster: &[Platform]) -> Vec<Platform> {
 /// What pullgate reads of an object: its metadata and the pod spec it runs, if it has one.
 #[derive(Clone, Debug)]
 pub struct Parts {
-    /// The kind it was read as.
-    kind: Kind,
     meta: ObjectMeta,
     spec: Option<PodSpec>,
 }
@@ -355,9 +336,31 @@ impl ObjectBody {
     pub fn raw(&self) -> Option<&str> {
         match self {
             ObjectBody::Raw(raw) => Some(raw.get()),
-            // Read as another kind: only if `kind` was changed after parsing, which nothing does.
             ObjectBody::Read(_) => None,
         }
+    }
+
+    fn held(&self) -> Held<'_> {
+        match self {
+            ObjectBody::Read(parts) => Held::Read(parts),
+            ObjectBody::Raw(raw) => Held::Raw(raw),
+        }
+    }
+}
+
+/// An object as a caller holds it: already read (as the request's kind), or JSON.
+#[derive(Clone, Copy)]
+enum Held<'a> {
+    Read(&'a Parts),
+    Raw(&'a RawValue),
+}
+
+impl<'a> Held<'a> {
+    fn read(self, kind: Kind) -> Result<Option<Cow<'a, Parts>>, WorkloadError> {
+        Ok(match self {
+            Held::Read(parts) => Some(Cow::Borrowed(parts)),
+            Held::Raw(raw) => read_object(kind, raw)?.map(Cow::Owned),
+        })
     }
 }
 
@@ -372,13 +375,11 @@ impl<'de> DeserializeSeed<'de> for ObjectSeed {
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<Parts>, D::Error> {
         fn read<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
             d: D,
-            kind: Kind,
             split: impl FnOnce(T) -> (Option<ObjectMeta>, Option<PodSpec>),
         ) -> Result<Option<Parts>, D::Error> {
             Ok(Option::<T>::deserialize(d)?.map(|object| {
                 let (meta, spec) = split(object);
                 Parts {
-                    kind,
                     meta: meta.unwrap_or_default(),
                     spec,
                 }
@@ -390,20 +391,19 @@ impl<'de> DeserializeSeed<'de> for ObjectSeed {
         fn templated(o: Object<TemplateSpec>) -> (Option<ObjectMeta>, Option<PodSpec>) {
             (o.metadata, template(o.spec.and_then(|s| s.template)))
         }
-        let kind = self.0;
-        match kind {
-            Kind::Pod => read(d, kind, |o: Object<PodSpec>| (o.metadata, o.spec)),
+        match self.0 {
+            Kind::Pod => read(d, |o: Object<PodSpec>| (o.metadata, o.spec)),
             Kind::Deployment
             | Kind::ReplicaSet
             | Kind::StatefulSet
             | Kind::DaemonSet
             | Kind::Job
-            | Kind::ReplicationController => read(d, kind, templated),
-            Kind::CronJob => read(d, kind, |o: Object<CronJobSpec>| {
+            | Kind::ReplicationController => read(d, templated),
+            Kind::CronJob => read(d, |o: Object<CronJobSpec>| {
                 let job = o.spec.and_then(|s| s.job_template).and_then(|j| j.spec);
                 (o.metadata, template(job.and_then(|j| j.template)))
             }),
-            Kind::PodTemplate => read(d, kind, |o: PodTemplate| (o.metadata, template(o.template))),
+            Kind::PodTemplate => read(d, |o: PodTemplate| (o.metadata, template(o.template))),
         }
     }
 }
