@@ -17,9 +17,8 @@ use std::time::{Duration, Instant};
 use moka::Expiry;
 use moka::future::Cache;
 use ring::hmac;
-use ring::rand::{SecureRandom as _, SystemRandom};
 
-use crate::keyring::CredentialId;
+use crate::keyring::{CredentialId, first_128_bits, random_hmac_key};
 use crate::platform::Platform;
 use crate::probe::Report;
 use crate::verdict::Verdict;
@@ -110,9 +109,7 @@ impl ProbeKey {
         for c in &self.credentials {
             h.update(c.as_bytes());
         }
-        let mut id = [0u8; 16];
-        id.copy_from_slice(&h.sign().as_ref()[..16]);
-        KeyId(u128::from_le_bytes(id))
+        KeyId(u128::from_le_bytes(first_128_bits(&h.sign())))
     }
 }
 
@@ -305,18 +302,12 @@ pub struct VerdictCache {
 
 impl VerdictCache {
     pub fn new(options: CacheOptions) -> Self {
-        let mut secret = [0u8; 32];
-        // Without randomness the keyed hash would be guessable, and so would collisions;
-        // an OS whose generator fails cannot do TLS either.
-        SystemRandom::new()
-            .fill(&mut secret)
-            .expect("the operating system's random number generator failed");
         VerdictCache {
             cache: Cache::builder()
                 .max_capacity(options.max_entries)
                 .expire_after(VerdictExpiry(options))
                 .build(),
-            secret: Arc::new(hmac::Key::new(hmac::HMAC_SHA256, &secret)),
+            secret: Arc::new(random_hmac_key()),
             texts: Arc::default(),
         }
     }

@@ -80,6 +80,26 @@ pub enum KeyringError {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CredentialId([u8; 16]);
 
+/// An HMAC-SHA256 key drawn at random, never leaving the process: what makes fingerprints
+/// and cache keys neither reversible nor predictable.
+pub(crate) fn random_hmac_key() -> hmac::Key {
+    let mut bytes = [0u8; 32];
+    // Without randomness ids would be plain hashes of passwords and cache keys guessable;
+    // refusing to run is the only safe answer, and an OS without a working RNG cannot do TLS
+    // either.
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the operating system's random number generator failed");
+    hmac::Key::new(hmac::HMAC_SHA256, &bytes)
+}
+
+/// The first 128 bits of an HMAC tag.
+pub(crate) fn first_128_bits(tag: &hmac::Tag) -> [u8; 16] {
+    let mut bits = [0u8; 16];
+    bits.copy_from_slice(&tag.as_ref()[..16]);
+    bits
+}
+
 impl CredentialId {
     /// The id of the empty username and password, for which containerd sends no auth at all.
     pub const ANONYMOUS: CredentialId = CredentialId([0; 16]);
@@ -89,24 +109,13 @@ impl CredentialId {
             return Self::ANONYMOUS;
         }
         static KEY: OnceLock<hmac::Key> = OnceLock::new();
-        let key = KEY.get_or_init(|| {
-            let mut bytes = [0u8; 32];
-            // Without randomness the ids would be plain hashes of passwords; refusing to run is
-            // the only safe answer, and an OS without a working RNG cannot do TLS either.
-            SystemRandom::new()
-                .fill(&mut bytes)
-                .expect("the operating system's random number generator failed");
-            hmac::Key::new(hmac::HMAC_SHA256, &bytes)
-        });
+        let key = KEY.get_or_init(random_hmac_key);
         let mut ctx = hmac::Context::with_key(key);
         // The length prefix keeps ("a:b", "c") and ("a", "b:c") apart.
         ctx.update(&(username.len() as u64).to_le_bytes());
         ctx.update(username.as_bytes());
         ctx.update(password.as_bytes());
-        let tag = ctx.sign();
-        let mut id = [0u8; 16];
-        id.copy_from_slice(&tag.as_ref()[..16]);
-        CredentialId(id)
+        CredentialId(first_128_bits(&ctx.sign()))
     }
 
     /// The id itself, for hashing into a cache key.
