@@ -3,14 +3,13 @@
 //! loopback, then with 25 ms each way on every hop.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::Ctx;
 use crate::procs::{Skopeo, SkopeoEnv, median, pullgate_check};
 use crate::report::Status;
 use crate::support::{
-    Action, Cdn, DelayProxy, ImageSpec, PlatformSpec, PolicyProxy, RegistryAuth, Rule,
+    Action, Cdn, DelayProxy, ImageSpec, PlatformSpec, PolicyProxy, Registry, RegistryAuth, Rule,
     TOKEN_ISSUER, TOKEN_SERVICE, TokenServer, push_image, push_index,
 };
 
@@ -192,6 +191,33 @@ pub async fn cold_probe(ctx: &mut Ctx, images: &Images) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A registry of its own whose token realm is the delayed token server, with a delaying proxy
+/// in front of it too.
+pub struct FarRegistry {
+    pub tokens: DelayProxy,
+    pub registry: Registry,
+    /// The registry, `ONE_WAY` away.
+    pub front: DelayProxy,
+}
+
+impl FarRegistry {
+    pub async fn start(ctx: &Ctx) -> anyhow::Result<FarRegistry> {
+        let tokens = DelayProxy::start(ctx.tokens.host().parse()?, ONE_WAY).await;
+        let registry = ctx.w.registry(RegistryAuth::Token {
+            realm: format!("{}/token", tokens.base()),
+            service: TOKEN_SERVICE.to_owned(),
+            issuer: TOKEN_ISSUER.to_owned(),
+            rootcertbundle_pem: ctx.tokens.signing_cert_pem().to_owned(),
+        });
+        let front = DelayProxy::start(registry.addr, ONE_WAY).await;
+        Ok(FarRegistry {
+            tokens,
+            registry,
+            front,
+        })
+    }
+}
+
 /// A topology with latency on every hop.
 struct Hop<'a> {
     label: &'static str,
@@ -206,16 +232,11 @@ pub async fn round_trips(ctx: &mut Ctx, images: &Images) -> anyhow::Result<()> {
         ONE_WAY.as_millis()
     );
     let pki = &ctx.w.pki;
-    let tokens_addr: SocketAddr = ctx.tokens.host().parse()?;
-    let delayed_tokens = DelayProxy::start(tokens_addr, ONE_WAY).await;
-    // A registry of its own whose realm is the delayed token address.
-    let registry = ctx.w.registry(RegistryAuth::Token {
-        realm: format!("{}/token", delayed_tokens.base()),
-        service: TOKEN_SERVICE.to_owned(),
-        issuer: TOKEN_ISSUER.to_owned(),
-        rootcertbundle_pem: ctx.tokens.signing_cert_pem().to_owned(),
-    });
-    let direct = DelayProxy::start(registry.addr, ONE_WAY).await;
+    let FarRegistry {
+        tokens: delayed_tokens,
+        registry,
+        front: direct,
+    } = FarRegistry::start(ctx).await?;
     let cdn = Cdn::start(pki, Some(&registry)).await;
     let delayed_cdn = DelayProxy::start(cdn.host().parse()?, ONE_WAY).await;
     let redirecting = PolicyProxy::start(pki, &registry).await;

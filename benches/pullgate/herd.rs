@@ -6,14 +6,12 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::Ctx;
-use crate::cold::ONE_WAY;
+use crate::cold::{FarRegistry, ONE_WAY};
 use crate::load::{self, Target};
 use crate::pod::pod_review_bytes;
 use crate::procs::{Server, median, write_docker_config};
 use crate::report::Status;
-use crate::support::{
-    DelayProxy, ImageSpec, PolicyProxy, RegistryAuth, TOKEN_ISSUER, TOKEN_SERVICE,
-};
+use crate::support::{ImageSpec, PolicyProxy};
 
 const HERD: usize = 1_000;
 const FAN_OUT: usize = 20;
@@ -198,15 +196,9 @@ pub async fn fan_out(ctx: &mut Ctx) -> anyhow::Result<()> {
 
     // The same with latency on the registry and its token realm: what a cluster sees, where
     // the registry is not on the webhook's own 2 cores.
-    let delayed_tokens = DelayProxy::start(ctx.tokens.host().parse()?, ONE_WAY).await;
-    let registry = ctx.w.registry(RegistryAuth::Token {
-        realm: format!("{}/token", delayed_tokens.base()),
-        service: TOKEN_SERVICE.to_owned(),
-        issuer: TOKEN_ISSUER.to_owned(),
-        rootcertbundle_pem: ctx.tokens.signing_cert_pem().to_owned(),
-    });
-    let delayed = DelayProxy::start(registry.addr, ONE_WAY).await;
-    let far = measure_fan_out(ctx, &delayed.host(), registry.pid(), "fanout-rtt").await?;
+    let far_registry = FarRegistry::start(ctx).await?;
+    let (far_host, far_pid) = (far_registry.front.host(), far_registry.registry.pid());
+    let far = measure_fan_out(ctx, &far_host, far_pid, "fanout-rtt").await?;
 
     ctx.report.note(format!(
         "Fan-out (5): a fresh `pullgate serve` that has already probed one image of the \
@@ -242,7 +234,7 @@ pub async fn fan_out(ctx: &mut Ctx) -> anyhow::Result<()> {
         "5",
         format!(
             "review latency, {FAN_OUT} uncached images ÷ 1, RTT {} ms",
-            delayed.rtt().as_millis()
+            far_registry.front.rtt().as_millis()
         ),
         far.shown(),
     );
@@ -250,7 +242,7 @@ pub async fn fan_out(ctx: &mut Ctx) -> anyhow::Result<()> {
         "5",
         format!(
             "CPU per {FAN_OUT}-image review at RTT {} ms: pullgate / registry / rest",
-            delayed.rtt().as_millis()
+            far_registry.front.rtt().as_millis()
         ),
         cpu(&far),
     );
