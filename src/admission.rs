@@ -52,9 +52,10 @@ pub struct Reviewer {
     resolved: moka::sync::Cache<String, Arc<Resolved>>,
 }
 
-/// Image references remembered parsed; a pod spec is bounded by the request size, so this
-/// only caps what a stream of distinct images can hold.
-const RESOLVED_IMAGES: u64 = 10_000;
+/// Image references remembered parsed. Only the images reviews keep coming back to need to
+/// stay (moka admits by frequency, so a stream of one-off images does not push them out), and
+/// resolving one again costs microseconds; each entry holds about 600 bytes.
+const RESOLVED_IMAGES: u64 = 4_096;
 
 /// The decision for one request, before it becomes an AdmissionResponse.
 #[derive(Clone, Debug)]
@@ -260,8 +261,6 @@ impl Reviewer {
         let image = ImageRef::parse(written)?;
         let resolved = Arc::new(Resolved {
             reference: image.to_string(),
-            registry: image.registry().to_owned(),
-            name: image.name(),
             node: self.node.lookup(&image.name()),
             image,
         });
@@ -288,7 +287,7 @@ impl Reviewer {
                 );
             }
         };
-        let registry = resolved.registry.clone();
+        let registry = resolved.image.registry().to_owned();
         if policy.image_exempt(written, &resolved.reference) {
             return Checked::of(&probe::exempt(&resolved.reference), registry, true);
         }
@@ -296,7 +295,7 @@ impl Reviewer {
         let pod = if credentials.keyring.is_empty() {
             Vec::new()
         } else {
-            credentials.keyring.lookup(&resolved.name)
+            credentials.keyring.lookup(resolved.name())
         };
         let key = ProbeKey {
             reference: resolved.reference.clone(),
@@ -363,12 +362,16 @@ struct Resolved {
     image: ImageRef,
     /// The normalised reference, e.g. `docker.io/library/nginx:1.27`.
     reference: String,
-    /// The registry as the reference names it, for per-registry policy.
-    registry: String,
-    /// The repository without tag or digest, as the kubelet's keyring matches it.
-    name: String,
     /// The node's credentials for it, in the kubelet's order.
     node: Vec<Credential>,
+}
+
+impl Resolved {
+    /// The repository without tag or digest, as the kubelet's keyring matches it: the
+    /// normalised reference up to its tag or digest.
+    fn name(&self) -> &str {
+        &self.reference[..self.image.registry().len() + 1 + self.image.repository().len()]
+    }
 }
 
 /// One distinct image's result.
@@ -479,4 +482,30 @@ pub fn response(request: &AdmissionRequest, decision: Decision) -> AdmissionResp
     }
     response.audit_annotations = decision.audit.into_iter().collect();
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_keyring_name_is_the_reference_without_tag_or_digest() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        for written in [
+            "nginx".to_owned(),
+            "nginx:1.27".to_owned(),
+            "library/nginx@".to_owned() + &digest,
+            "r.example:5000/team/app:1@".to_owned() + &digest,
+            "[::1]:5000/app".to_owned(),
+            "localhost/a/b/c:v".to_owned(),
+        ] {
+            let image = ImageRef::parse(&written).unwrap();
+            let resolved = Resolved {
+                reference: image.to_string(),
+                node: Vec::new(),
+                image: image.clone(),
+            };
+            assert_eq!(resolved.name(), image.name(), "{written}");
+        }
+    }
 }

@@ -5,16 +5,15 @@
 //! a verdict obtained with one namespace's pull secret is never handed to a pod that lacks it.
 //!
 //! It is sized for 100,000 entries in a few tens of MiB: moka holds a 128-bit keyed hash of
-//! the key and the few words of the report a review reads, with refusal texts shared between
-//! entries that say the same thing. moka's own bookkeeping, about 350 bytes an entry, is most
-//! of what is left.
+//! the key, the few words of the report a review reads and a deadline, with refusal texts
+//! shared between entries that say the same thing. moka's own bookkeeping, about 310 bytes an
+//! entry, is most of what is left.
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use moka::Expiry;
 use moka::future::Cache;
 use ring::hmac;
 
@@ -213,6 +212,11 @@ fn bounded(s: &str) -> &str {
     &s[..end]
 }
 
+/// `d` in whole milliseconds, saturating (a lifetime of centuries is as good as forever).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Answer texts held by live entries, each once. Refusals repeat: every missing tag of a
 /// registry gets the same "HTTP 404 Not Found: MANIFEST_UNKNOWN…", every image a policy
 /// blocks the same explanation; sharing one copy saves about 100 bytes an entry.
@@ -270,31 +274,25 @@ pub struct Cached {
     pub hit: bool,
 }
 
-/// An entry: the answer, and what its lifetime depends on besides the verdict.
+/// An entry: the answer and the moment it stops being trusted.
+///
+/// The deadline lives in the entry rather than in moka's per-entry expiry: moka's timer wheel
+/// costs about 64 bytes an entry (a sixth of all it keeps), and a stale entry is as good as
+/// gone once lookups ignore it; capacity eviction still bounds what stale entries hold.
 #[derive(Clone)]
 struct Entry {
     answer: Answer,
-    /// The reference names a digest, whose content cannot change.
-    pinned: bool,
-}
-
-struct VerdictExpiry(CacheOptions);
-
-impl Expiry<KeyId, Entry> for VerdictExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &KeyId,
-        entry: &Entry,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        Some(self.0.ttl(entry.answer.verdict, entry.pinned))
-    }
+    /// Milliseconds since the cache's epoch.
+    expires: u64,
 }
 
 /// Verdicts by [`ProbeKey`], with per-verdict lifetimes and merged concurrent probes.
 #[derive(Clone)]
 pub struct VerdictCache {
     cache: Cache<KeyId, Entry>,
+    options: Arc<CacheOptions>,
+    /// When the cache was made; deadlines count from here.
+    epoch: Instant,
     /// The key of the keyed hash that names entries; never leaves the process.
     secret: Arc<hmac::Key>,
     texts: Arc<Texts>,
@@ -303,13 +301,16 @@ pub struct VerdictCache {
 impl VerdictCache {
     pub fn new(options: CacheOptions) -> Self {
         VerdictCache {
-            cache: Cache::builder()
-                .max_capacity(options.max_entries)
-                .expire_after(VerdictExpiry(options))
-                .build(),
+            cache: Cache::builder().max_capacity(options.max_entries).build(),
+            options: Arc::new(options),
+            epoch: Instant::now(),
             secret: Arc::new(random_hmac_key()),
             texts: Arc::default(),
         }
+    }
+
+    fn now(&self) -> u64 {
+        millis(self.epoch.elapsed())
     }
 
     /// The cached answer for `key`, or the answer of the report of `probe`, run once however
@@ -323,24 +324,36 @@ impl VerdictCache {
         F: Future<Output = Report> + Send + 'static,
     {
         let id = key.id(&self.secret);
-        if let Some(entry) = self.cache.get(&id).await {
+        if let Some(entry) = self.cache.get(&id).await
+            && entry.expires > self.now()
+        {
             return Cached {
                 answer: entry.answer,
                 hit: true,
             };
         }
-        let (cache, texts) = (self.cache.clone(), self.texts.clone());
+        let this = self.clone();
         let probe = probe();
         let task = tokio::spawn(async move {
-            let entry = cache
+            let asked = this.now();
+            let entry = this
+                .cache
                 .entry(id)
-                .or_insert_with(async move {
-                    let report = probe.await;
-                    Entry {
-                        answer: texts.share(Answer::of(&report)),
-                        pinned: report.reference.contains('@'),
-                    }
-                })
+                .or_insert_with_if(
+                    async {
+                        let report = probe.await;
+                        let pinned = report.reference.contains('@');
+                        let ttl = this.options.ttl(report.verdict, pinned);
+                        Entry {
+                            answer: this.texts.share(Answer::of(&report)),
+                            expires: this.now().saturating_add(millis(ttl)),
+                        }
+                    },
+                    // A stale entry is replaced, with concurrent asks still merged into one
+                    // probe. An entry that expired while this ask waited for it (zero
+                    // lifetimes) is still the answer of the probe this ask joined.
+                    |stale| stale.expires <= asked,
+                )
                 .await;
             let fresh = entry.is_fresh();
             (entry.into_value().answer, fresh)
@@ -492,6 +505,49 @@ mod tests {
             (second.answer.verdict(), second.hit),
             (Verdict::Pullable, false)
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stale_answer_is_probed_again_once_for_a_burst() {
+        let cache = VerdictCache::new(CacheOptions {
+            refusal_ttl: Duration::from_millis(50),
+            ..CacheOptions::default()
+        });
+        let k = key("r.example/app:1", vec![]);
+        let first = cache
+            .get_or_probe(k.clone(), || async {
+                report("r.example/app:1", Verdict::NotFound)
+            })
+            .await;
+        assert_eq!(
+            (first.answer.verdict(), first.hit),
+            (Verdict::NotFound, false)
+        );
+        let held = cache
+            .get_or_probe(k.clone(), || async {
+                report("r.example/app:1", Verdict::Pullable)
+            })
+            .await;
+        assert_eq!((held.answer.verdict(), held.hit), (Verdict::NotFound, true));
+
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let probes = Arc::new(AtomicU32::new(0));
+        let asks = (0..200).map(|_| {
+            let probes = probes.clone();
+            cache.get_or_probe(k.clone(), move || async move {
+                probes.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                report("r.example/app:1", Verdict::Pullable)
+            })
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        assert_eq!(probes.load(Ordering::SeqCst), 1);
+        assert!(
+            answers
+                .iter()
+                .all(|a| a.answer.verdict() == Verdict::Pullable)
+        );
+        assert_eq!(answers.iter().filter(|a| !a.hit).count(), 1);
     }
 
     #[tokio::test]
