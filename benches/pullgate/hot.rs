@@ -162,8 +162,8 @@ pub async fn hot_path(ctx: &mut Ctx) -> anyhow::Result<Hot> {
     );
     ctx.report.info(
         "1",
-        format!("reviews sent at {RATE}/s (of which late > 2 ms)"),
-        format!("{} ({})", run.completed, run.late),
+        format!("reviews sent at {RATE}/s (late > 2 ms; of those, held by a busy connection)"),
+        format!("{} ({}; {})", run.completed, run.late, run.held),
     );
 
     let peak = server.status_kib("VmHWM");

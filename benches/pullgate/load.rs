@@ -119,6 +119,11 @@ pub struct Run {
     /// Fixed rate only: sends that left more than 2 ms after their scheduled time (tokio's
     /// timer wakes on millisecond ticks, so up to about 1 ms is normal).
     pub late: u64,
+    /// Fixed rate only: of those, sends held back because the connection's previous review
+    /// was still unanswered at the scheduled time. Latency counts from the send, so only
+    /// these could hide server time (coordinated omission); lateness from the generator's
+    /// own timer cannot.
+    pub held: u64,
 }
 
 impl Run {
@@ -182,6 +187,7 @@ pub async fn saturate(
         latency: histogram(),
         errors: 0,
         late: 0,
+        held: 0,
     };
     for task in tasks {
         let (h, done, errors) = task.await?;
@@ -213,22 +219,27 @@ pub async fn fixed_rate(
             let bodies = bodies.clone();
             tokio::spawn(async move {
                 let mut h = histogram();
-                let (mut done, mut errors, mut late) = (0u64, 0u64, 0u64);
+                let (mut done, mut errors, mut late, mut held) = (0u64, 0u64, 0u64, 0u64);
+                let mut answered = start;
                 for i in (k as u64..total).step_by(connections) {
                     let due = start + period * i as u32;
                     tokio::time::sleep_until(due).await;
                     let sent = Instant::now();
                     if sent - due > Duration::from_millis(2) {
                         late += 1;
+                        if answered > due {
+                            held += 1;
+                        }
                     }
                     let answer = conn.review(bodies[i as usize % bodies.len()].clone()).await;
-                    record(&mut h, sent.elapsed());
+                    answered = Instant::now();
+                    record(&mut h, answered - sent);
                     done += 1;
                     if !answer.as_deref().is_ok_and(allowed) {
                         errors += 1;
                     }
                 }
-                (h, done, errors, late)
+                (h, done, errors, late, held)
             })
         })
         .collect();
@@ -238,13 +249,15 @@ pub async fn fixed_rate(
         latency: histogram(),
         errors: 0,
         late: 0,
+        held: 0,
     };
     for task in tasks {
-        let (h, done, errors, late) = task.await?;
+        let (h, done, errors, late, held) = task.await?;
         run.latency.add(h)?;
         run.completed += done;
         run.errors += errors;
         run.late += late;
+        run.held += held;
     }
     run.elapsed = start.elapsed();
     Ok(run)
