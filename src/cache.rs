@@ -371,16 +371,6 @@ impl VerdictCache {
         }
     }
 
-    /// Entries held (approximate: moka applies writes in batches).
-    pub fn entry_count(&self) -> u64 {
-        self.cache.entry_count()
-    }
-
-    /// Flushes pending writes so counts are exact (for metrics and tests).
-    pub async fn sync(&self) {
-        self.cache.run_pending_tasks().await;
-    }
-
     /// Drops everything, e.g. when the policy's platforms change.
     pub fn clear(&self) {
         self.cache.invalidate_all();
