@@ -370,11 +370,6 @@ impl VerdictCache {
             },
         }
     }
-
-    /// Drops everything, e.g. when the policy's platforms change.
-    pub fn clear(&self) {
-        self.cache.invalidate_all();
-    }
 }
 
 #[cfg(test)]
