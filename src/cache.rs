@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use moka::future::Cache;
 use ring::hmac;
 
-use crate::keyring::{CredentialId, first_128_bits, random_hmac_key};
+use crate::keyring::{CredentialId, Fingerprint, random_hmac_key};
 use crate::platform::Platform;
 use crate::probe::Report;
 use crate::verdict::Verdict;
@@ -84,31 +84,22 @@ struct KeyId(u128);
 
 impl ProbeKey {
     fn id(&self, secret: &hmac::Key) -> KeyId {
-        // Every variable-length field is length-prefixed and every list counted, so no two
-        // different keys encode to the same bytes.
-        fn field(h: &mut hmac::Context, bytes: &[u8]) {
-            h.update(&(bytes.len() as u64).to_le_bytes());
-            h.update(bytes);
-        }
-        let mut h = hmac::Context::with_key(secret);
-        field(&mut h, self.reference.as_bytes());
-        h.update(&(self.platforms.len() as u64).to_le_bytes());
+        let mut f = Fingerprint::new(secret);
+        f.field(self.reference.as_bytes())
+            .count(self.platforms.len());
         for p in &self.platforms {
-            field(&mut h, p.os().as_bytes());
-            field(&mut h, p.architecture().as_bytes());
+            f.field(p.os().as_bytes())
+                .field(p.architecture().as_bytes());
             match p.variant() {
-                None => h.update(&[0]),
-                Some(v) => {
-                    h.update(&[1]);
-                    field(&mut h, v.as_bytes());
-                }
-            }
+                None => f.fixed(&[0]),
+                Some(v) => f.fixed(&[1]).field(v.as_bytes()),
+            };
         }
-        h.update(&(self.credentials.len() as u64).to_le_bytes());
+        f.count(self.credentials.len());
         for c in &self.credentials {
-            h.update(c.as_bytes());
+            f.fixed(c.as_bytes());
         }
-        KeyId(u128::from_le_bytes(first_128_bits(&h.sign())))
+        KeyId(u128::from_le_bytes(f.finish()))
     }
 }
 

@@ -20,6 +20,7 @@ use reqwest::{
     Response, StatusCode,
     header::{self, HeaderMap, HeaderValue},
 };
+use ring::hmac;
 use rustls::{RootCertStore, pki_types::CertificateDer};
 use rustls_pki_types::pem::PemObject;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -29,7 +30,7 @@ use crate::{
     challenge::{self, Challenge, ChallengeError},
     digest::Digest,
     egress::{EgressPolicy, GuardedResolver, Refused},
-    keyring::{Credential, CredentialId},
+    keyring::{Credential, CredentialId, Fingerprint, random_hmac_key},
     reference::ImageRef,
     token::{self, Token, TokenCache, TokenError, TokenKey},
     verdict::{RegistryMessage, Verdict},
@@ -220,6 +221,8 @@ struct Inner {
     tokens: TokenCache,
     challenges: moka::sync::Cache<String, Challenge>,
     blobs: moka::sync::Cache<BlobKey, ()>,
+    /// The key of the keyed hash that names remembered blobs; never leaves the process.
+    secret: hmac::Key,
     /// Hosts that answered 429, with when they may be asked again.
     backoff: moka::sync::Cache<String, Instant>,
     /// One semaphore per registry host, bounding concurrent probes.
@@ -237,14 +240,11 @@ const DEFAULT_BACKOFF: Duration = Duration::from_secs(5);
 /// came). For metrics; it must be quick.
 pub type RequestObserver = Arc<dyn Fn(&str, Option<u16>) + Send + Sync>;
 
-/// A blob that was served: the same bytes in the same repository with the same credential.
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct BlobKey {
-    host: String,
-    repository: String,
-    digest: Digest,
-    credential: Option<CredentialId>,
-}
+/// A blob that was served: the same bytes in the same repository with the same credential,
+/// as a 128-bit keyed hash of the four (see [`Fingerprint`]). Held that way, 100,000
+/// remembered blobs cost moka's bookkeeping and 16 bytes each, not three more strings.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct BlobKey(u128);
 
 impl RegistryClient {
     pub fn new(options: ClientOptions) -> Result<Self, ClientError> {
@@ -291,6 +291,7 @@ impl RegistryClient {
                     .max_capacity(options.blob_capacity)
                     .time_to_live(options.blob_ttl.max(Duration::from_millis(1)))
                     .build(),
+                secret: random_hmac_key(),
                 backoff: moka::sync::Cache::builder()
                     .max_capacity(10_000)
                     .time_to_live(MAX_BACKOFF)
@@ -389,12 +390,15 @@ impl Session<'_> {
     }
 
     fn blob_key(&self, digest: &Digest) -> BlobKey {
-        BlobKey {
-            host: self.base.authority().to_owned(),
-            repository: self.repository.clone(),
-            digest: digest.clone(),
-            credential: self.credential.map(Credential::id),
-        }
+        let mut f = Fingerprint::new(&self.inner.secret);
+        f.field(self.base.authority().as_bytes())
+            .field(self.repository.as_bytes())
+            .field(digest.to_string().as_bytes());
+        match self.credential {
+            None => f.fixed(&[0]),
+            Some(c) => f.fixed(&[1]).fixed(c.id().as_bytes()),
+        };
+        BlobKey(u128::from_le_bytes(f.finish()))
     }
 
     /// Whether this blob answered a probe recently, in this repository with this credential.
@@ -913,5 +917,54 @@ mod insecure {
         fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
             self.0.signature_verification_algorithms.supported_schemes()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembered_blobs_are_told_apart_by_host_repository_digest_and_credential() {
+        let client = RegistryClient::new(ClientOptions::default()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (alice, bob) = (
+            Credential::new("alice", "p", "test"),
+            Credential::new("bob", "p", "test"),
+        );
+        let image = |r: &str| ImageRef::parse(r).unwrap();
+        let digest =
+            |c: char| Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap();
+        let key = |r: &str, c: Option<&Credential>, d: char| {
+            client.session(&image(r), c, deadline).blob_key(&digest(d))
+        };
+        let keys = [
+            key("r.example/a/b:1", None, 'a'),
+            key("r.example/a/b:1", None, 'b'),
+            key("r.example/a/c:1", None, 'a'),
+            key("r.example/a:1", None, 'a'),
+            key("q.example/a/b:1", None, 'a'),
+            key("r.example:5000/a/b:1", None, 'a'),
+            key("r.example/a/b:1", Some(&alice), 'a'),
+            key("r.example/a/b:1", Some(&bob), 'a'),
+        ];
+        for (i, x) in keys.iter().enumerate() {
+            for y in &keys[i + 1..] {
+                assert!(x != y, "{i}");
+            }
+        }
+        // The tag does not matter, nor the default port spelled out, and an anonymous
+        // credential is no credential.
+        assert!(key("r.example/a/b:1", None, 'a') == key("r.example:443/a/b:2", None, 'a'));
+        let anonymous = Credential::new("", "", "test");
+        assert!(key("r.example/a/b:1", None, 'a') == key("r.example/a/b:2", Some(&anonymous), 'a'));
+        // Another client names the same blob apart: keys are keyed per process (and client).
+        let other = RegistryClient::new(ClientOptions::default()).unwrap();
+        assert!(
+            key("r.example/a/b:1", None, 'a')
+                != other
+                    .session(&image("r.example/a/b:1"), None, deadline)
+                    .blob_key(&digest('a'))
+        );
     }
 }

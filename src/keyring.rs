@@ -93,11 +93,42 @@ pub(crate) fn random_hmac_key() -> hmac::Key {
     hmac::Key::new(hmac::HMAC_SHA256, &bytes)
 }
 
-/// The first 128 bits of an HMAC tag.
-pub(crate) fn first_128_bits(tag: &hmac::Tag) -> [u8; 16] {
-    let mut bits = [0u8; 16];
-    bits.copy_from_slice(&tag.as_ref()[..16]);
-    bits
+/// A keyed hash of a sequence of fields, cut to 128 bits: what names a cache entry without
+/// the entry holding (or anyone outside the process predicting) what it depends on.
+///
+/// Variable-length fields are length-prefixed and lists counted, so two different sequences
+/// never feed the same bytes.
+pub(crate) struct Fingerprint(hmac::Context);
+
+impl Fingerprint {
+    pub(crate) fn new(key: &hmac::Key) -> Self {
+        Fingerprint(hmac::Context::with_key(key))
+    }
+
+    /// A field of any length.
+    pub(crate) fn field(&mut self, bytes: &[u8]) -> &mut Self {
+        self.count(bytes.len());
+        self.0.update(bytes);
+        self
+    }
+
+    /// A field whose length is fixed by its position.
+    pub(crate) fn fixed(&mut self, bytes: &[u8]) -> &mut Self {
+        self.0.update(bytes);
+        self
+    }
+
+    /// The number of items of a list that follows.
+    pub(crate) fn count(&mut self, n: usize) -> &mut Self {
+        self.0.update(&(n as u64).to_le_bytes());
+        self
+    }
+
+    pub(crate) fn finish(self) -> [u8; 16] {
+        let mut bits = [0u8; 16];
+        bits.copy_from_slice(&self.0.sign().as_ref()[..16]);
+        bits
+    }
 }
 
 impl CredentialId {
@@ -109,13 +140,10 @@ impl CredentialId {
             return Self::ANONYMOUS;
         }
         static KEY: OnceLock<hmac::Key> = OnceLock::new();
-        let key = KEY.get_or_init(random_hmac_key);
-        let mut ctx = hmac::Context::with_key(key);
+        let mut f = Fingerprint::new(KEY.get_or_init(random_hmac_key));
         // The length prefix keeps ("a:b", "c") and ("a", "b:c") apart.
-        ctx.update(&(username.len() as u64).to_le_bytes());
-        ctx.update(username.as_bytes());
-        ctx.update(password.as_bytes());
-        CredentialId(first_128_bits(&ctx.sign()))
+        f.field(username.as_bytes()).fixed(password.as_bytes());
+        CredentialId(f.finish())
     }
 
     /// The id itself, for hashing into a cache key.
