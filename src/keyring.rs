@@ -112,7 +112,7 @@ impl Fingerprint {
         self
     }
 
-    /// A field whose length is fixed by its position.
+    /// A field whose length its place tells: fixed-size, or the last of the sequence.
     pub(crate) fn fixed(&mut self, bytes: &[u8]) -> &mut Self {
         self.0.update(bytes);
         self

@@ -222,9 +222,9 @@ impl FarRegistry {
 }
 
 /// What a round trip through a [`DelayProxy`] costs here: the median of 20 one-byte echoes
-/// on an open connection through a proxy of [`ONE_WAY`]. It is more than `2 × ONE_WAY`: the
-/// proxy hands each chunk on at the first tick of tokio's millisecond timer after it is due,
-/// and its runtime shares the 2 cores with everything measured.
+/// on an open connection through a proxy of [`ONE_WAY`]. It is a little more than
+/// `2 × ONE_WAY`: the proxy's threads wake shortly after each deadline, on the same 2 cores as
+/// everything measured.
 async fn measured_rtt() -> anyhow::Result<Duration> {
     let echo = TcpListener::bind("127.0.0.1:0").await?;
     let upstream = echo.local_addr()?;
@@ -305,7 +305,7 @@ pub async fn round_trips(ctx: &mut Ctx, images: &Images) -> anyhow::Result<()> {
          delayed address) and, in the CDN topology, of the blob host the registry redirects \
          every blob GET to (307). Wall time of the whole command from spawn to exit, median \
          of {RTT_REPS}, divided by the round trip measured through such a proxy (a one-byte \
-         echo on an open connection, median of 20; the proxy's timer ticks and shared cores \
+         echo on an open connection, median of 20; the proxy's wake-ups on the shared cores \
          make it a little longer than nominal), with the figure at the nominal RTT beside it. \
          Protocol minimum: 2 RTT per new connection (TCP + \
          TLS 1.3) and 1 per request, the token and CDN connections opened as soon as their \
