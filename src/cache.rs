@@ -384,6 +384,40 @@ mod tests {
         }
     }
 
+    /// Asks `cache` for `k` with a probe that reports `verdict` at once: the verdict answered,
+    /// and whether it came from the cache.
+    async fn ask(cache: &VerdictCache, k: &ProbeKey, verdict: Verdict) -> (Verdict, bool) {
+        let reference = k.reference.clone();
+        let cached = cache
+            .get_or_probe(
+                k.clone(),
+                move || async move { report(&reference, verdict) },
+            )
+            .await;
+        (cached.answer.verdict(), cached.hit)
+    }
+
+    /// Asks `cache` for `k` `n` times at once, with probes that take 50 ms to report
+    /// `verdict`: how many probes ran, and the answers.
+    async fn burst(
+        cache: &VerdictCache,
+        k: &ProbeKey,
+        n: usize,
+        verdict: Verdict,
+    ) -> (u32, Vec<Cached>) {
+        let probes = Arc::new(AtomicU32::new(0));
+        let asks = (0..n).map(|_| {
+            let (probes, reference) = (probes.clone(), k.reference.clone());
+            cache.get_or_probe(k.clone(), move || async move {
+                probes.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                report(&reference, verdict)
+            })
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        (probes.load(Ordering::SeqCst), answers)
+    }
+
     #[test]
     fn lifetimes_follow_the_verdict() {
         let o = CacheOptions::default();
@@ -406,17 +440,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_burst_of_identical_asks_probes_once() {
         let cache = VerdictCache::new(CacheOptions::default());
-        let probes = Arc::new(AtomicU32::new(0));
-        let asks = (0..1000).map(|_| {
-            let probes = probes.clone();
-            cache.get_or_probe(key("r.example/app:1", vec![]), move || async move {
-                probes.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                report("r.example/app:1", Verdict::Pullable)
-            })
-        });
-        let answers = futures_util::future::join_all(asks).await;
-        assert_eq!(probes.load(Ordering::SeqCst), 1);
+        let k = key("r.example/app:1", vec![]);
+        let (probes, answers) = burst(&cache, &k, 1000, Verdict::Pullable).await;
+        assert_eq!(probes, 1);
         assert_eq!(answers.iter().filter(|a| !a.hit).count(), 1);
     }
 
@@ -424,18 +450,20 @@ mod tests {
     async fn credentials_are_part_of_the_key() {
         let cache = VerdictCache::new(CacheOptions::default());
         let with = crate::keyring::Credential::new("u", "p", "test").id();
-        let a = cache
-            .get_or_probe(key("r.example/app:1", vec![with]), || async {
-                report("r.example/app:1", Verdict::Pullable)
-            })
-            .await;
-        let b = cache
-            .get_or_probe(key("r.example/app:1", vec![]), || async {
-                report("r.example/app:1", Verdict::Unauthorized)
-            })
-            .await;
-        assert_eq!((a.answer.verdict(), a.hit), (Verdict::Pullable, false));
-        assert_eq!((b.answer.verdict(), b.hit), (Verdict::Unauthorized, false));
+        let a = ask(
+            &cache,
+            &key("r.example/app:1", vec![with]),
+            Verdict::Pullable,
+        )
+        .await;
+        let b = ask(
+            &cache,
+            &key("r.example/app:1", vec![]),
+            Verdict::Unauthorized,
+        )
+        .await;
+        assert_eq!(a, (Verdict::Pullable, false));
+        assert_eq!(b, (Verdict::Unauthorized, false));
     }
 
     #[tokio::test]
@@ -452,13 +480,8 @@ mod tests {
                 .is_err()
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let again = cache
-            .get_or_probe(k, || async { report("r.example/slow:1", Verdict::Blocked) })
-            .await;
-        assert_eq!(
-            (again.answer.verdict(), again.hit),
-            (Verdict::Pullable, true)
-        );
+        let again = ask(&cache, &k, Verdict::Blocked).await;
+        assert_eq!(again, (Verdict::Pullable, true));
     }
 
     #[tokio::test]
@@ -468,19 +491,10 @@ mod tests {
             ..CacheOptions::default()
         });
         let k = key("r.example/app:1", vec![]);
-        let first = cache
-            .get_or_probe(k.clone(), || async {
-                report("r.example/app:1", Verdict::Unavailable)
-            })
-            .await;
-        assert!(!first.hit);
-        let second = cache
-            .get_or_probe(k, || async { report("r.example/app:1", Verdict::Pullable) })
-            .await;
-        assert_eq!(
-            (second.answer.verdict(), second.hit),
-            (Verdict::Pullable, false)
-        );
+        let (_, first_hit) = ask(&cache, &k, Verdict::Unavailable).await;
+        assert!(!first_hit);
+        let second = ask(&cache, &k, Verdict::Pullable).await;
+        assert_eq!(second, (Verdict::Pullable, false));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,34 +504,14 @@ mod tests {
             ..CacheOptions::default()
         });
         let k = key("r.example/app:1", vec![]);
-        let first = cache
-            .get_or_probe(k.clone(), || async {
-                report("r.example/app:1", Verdict::NotFound)
-            })
-            .await;
-        assert_eq!(
-            (first.answer.verdict(), first.hit),
-            (Verdict::NotFound, false)
-        );
-        let held = cache
-            .get_or_probe(k.clone(), || async {
-                report("r.example/app:1", Verdict::Pullable)
-            })
-            .await;
-        assert_eq!((held.answer.verdict(), held.hit), (Verdict::NotFound, true));
+        let first = ask(&cache, &k, Verdict::NotFound).await;
+        assert_eq!(first, (Verdict::NotFound, false));
+        let held = ask(&cache, &k, Verdict::Pullable).await;
+        assert_eq!(held, (Verdict::NotFound, true));
 
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let probes = Arc::new(AtomicU32::new(0));
-        let asks = (0..200).map(|_| {
-            let probes = probes.clone();
-            cache.get_or_probe(k.clone(), move || async move {
-                probes.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                report("r.example/app:1", Verdict::Pullable)
-            })
-        });
-        let answers = futures_util::future::join_all(asks).await;
-        assert_eq!(probes.load(Ordering::SeqCst), 1);
+        let (probes, answers) = burst(&cache, &k, 200, Verdict::Pullable).await;
+        assert_eq!(probes, 1);
         assert!(
             answers
                 .iter()
@@ -535,26 +529,15 @@ mod tests {
         });
         let tag = "r.example/app:1".to_owned();
         let pinned = format!("r.example/app@sha256:{}", "a".repeat(64));
-        for r in [&tag, &pinned] {
-            let r2 = r.clone();
-            cache
-                .get_or_probe(
-                    key(r, vec![]),
-                    || async move { report(&r2, Verdict::Pullable) },
-                )
-                .await;
+        let (tag, pinned) = (key(&tag, vec![]), key(&pinned, vec![]));
+        for k in [&tag, &pinned] {
+            ask(&cache, k, Verdict::Pullable).await;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let probed = |r: &str| {
-            let r = r.to_owned();
-            cache.get_or_probe(
-                key(&r, vec![]),
-                || async move { report(&r, Verdict::Blocked) },
-            )
-        };
-        let (t, p) = (probed(&tag).await, probed(&pinned).await);
-        assert_eq!((t.answer.verdict(), t.hit), (Verdict::Blocked, false));
-        assert_eq!((p.answer.verdict(), p.hit), (Verdict::Pullable, true));
+        let t = ask(&cache, &tag, Verdict::Blocked).await;
+        let p = ask(&cache, &pinned, Verdict::Blocked).await;
+        assert_eq!(t, (Verdict::Blocked, false));
+        assert_eq!(p, (Verdict::Pullable, true));
     }
 
     fn id(reference: &str, platforms: &[&str], credentials: &[CredentialId]) -> KeyId {
