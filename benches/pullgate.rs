@@ -6,11 +6,12 @@
 //! 3. round trips: the same with 25 ms each way on the registry, token realm and CDN hops;
 //! 4. herd: 1,000 concurrent reviews of one uncached image, manifest GETs counted upstream;
 //! 5. fan-out: a Pod of 20 uncached images against a Pod of one;
-//! 6. memory: peak RSS during the hot path, and RSS with 100,000 cached verdicts.
+//! 6. memory: peak RSS during the hot path, and RSS with 100,000 cached verdicts;
+//! 7. hostile load: the p99 of cached reviews and the peak RSS while each attack runs.
 //!
 //! Run it with `bench/run` (installs what is missing and writes `BENCHMARKS.md`) or
 //! `cargo bench --bench pullgate [-- SECTION...]` with sections `hot cold rtt herd fanout
-//! memory`. Under `cargo test` (which runs bench targets in test mode, without `--bench`) it
+//! memory hostile`. Under `cargo test` (which runs bench targets in test mode, without `--bench`) it
 //! does nothing: it is built so it cannot rot, never run as a test.
 
 #[path = "../tests/support/mod.rs"]
@@ -20,6 +21,8 @@ mod support;
 mod cold;
 #[path = "pullgate/herd.rs"]
 mod herd;
+#[path = "pullgate/hostile.rs"]
+mod hostile;
 #[path = "pullgate/hot.rs"]
 mod hot;
 #[path = "pullgate/load.rs"]
@@ -37,7 +40,7 @@ use report::Report;
 use support::{Registry, TokenServer, World};
 use tempfile::TempDir;
 
-const SECTIONS: [&str; 6] = ["hot", "cold", "rtt", "herd", "fanout", "memory"];
+const SECTIONS: [&str; 7] = ["hot", "cold", "rtt", "herd", "fanout", "memory", "hostile"];
 
 /// What every section shares: the test PKI, the anonymous seed registry images are pushed
 /// through, the token server, and the token-auth registry pullgate and skopeo read from.
@@ -138,6 +141,9 @@ async fn run(selected: &[&str], full: bool) -> anyhow::Result<Report> {
         hot::memory(&mut ctx, hot).await?;
     }
     drop(hot);
+    if wants("hostile") {
+        hostile::hostile(&mut ctx).await?;
+    }
     ctx.report.print_summary();
 
     let took = format!("{:.0} s", started.elapsed().as_secs_f64());

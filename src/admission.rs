@@ -2,7 +2,7 @@
 //! and for which platforms, the probes (through the verdict cache, all in parallel, cut off at
 //! the review's deadline), and the policy's decision turned into an AdmissionResponse.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,14 @@ use crate::workload::{self, ImageUse, Workload, WorkloadError};
 /// attempt to make the webhook open connections on someone's behalf.
 pub const MAX_IMAGES_PER_REVIEW: usize = 256;
 
+/// Probes waiting for their registry's turn or running, over all reviews. A probe past this
+/// is not started: its image is `unavailable` for a few seconds, which the policy decides on
+/// like any outage, instead of tasks piling up without bound.
+pub const MAX_PROBES_IN_FLIGHT: usize = 256;
+
+/// A workload as read from a request, or why it could not be.
+pub type WorkloadRead = Result<Option<Workload>, WorkloadError>;
+
 /// What a [`Reviewer`] is built from.
 pub struct ReviewerConfig {
     pub registry: RegistryClient,
@@ -50,6 +58,8 @@ pub struct Reviewer {
     metrics: Arc<Metrics>,
     probe_timeout: Duration,
     resolved: moka::sync::Cache<String, Arc<Resolved>>,
+    /// Permits for [`MAX_PROBES_IN_FLIGHT`].
+    probes: Arc<tokio::sync::Semaphore>,
 }
 
 /// Image references remembered parsed. Only the images reviews keep coming back to need to
@@ -91,6 +101,7 @@ impl Reviewer {
             metrics: config.metrics,
             probe_timeout: config.probe_timeout,
             resolved: moka::sync::Cache::new(RESOLVED_IMAGES),
+            probes: Arc::new(tokio::sync::Semaphore::new(MAX_PROBES_IN_FLIGHT)),
         }
     }
 
@@ -100,13 +111,24 @@ impl Reviewer {
 
     /// Answers `request` within `budget`. Never fails: a problem is a decision.
     pub async fn review(&self, request: &AdmissionRequest, budget: Duration) -> AdmissionResponse {
+        self.review_read(request, None, budget).await
+    }
+
+    /// [`Reviewer::review`] for a request whose workload was read already (`read`), as the
+    /// server does for large bodies, off the async workers; `None` reads it here.
+    pub async fn review_read(
+        &self,
+        request: &AdmissionRequest,
+        read: Option<WorkloadRead>,
+        budget: Duration,
+    ) -> AdmissionResponse {
         let started = Instant::now();
         let policy = self.policy.current();
         // The inner steps each stop at the deadline; this guard only catches a step that
         // does not, so the apiserver still gets an answer in time.
         let guard = budget + Duration::from_millis(200);
-        let outcome = match tokio::time::timeout(guard, self.decide(request, &policy, budget)).await
-        {
+        let decided = self.decide_read(request, read, &policy, budget);
+        let outcome = match tokio::time::timeout(guard, decided).await {
             Ok(outcome) => outcome,
             Err(_) => overran(&policy, budget),
         };
@@ -143,6 +165,17 @@ impl Reviewer {
         policy: &Policy,
         budget: Duration,
     ) -> Outcome {
+        self.decide_read(request, None, policy, budget).await
+    }
+
+    /// [`Reviewer::decide`], with the workload already read when `read` holds it.
+    async fn decide_read(
+        &self,
+        request: &AdmissionRequest,
+        read: Option<WorkloadRead>,
+        policy: &Policy,
+        budget: Duration,
+    ) -> Outcome {
         let namespace = request.namespace.as_deref().unwrap_or_default();
         // Checked before the object is read, so nothing in an exempt namespace is refused,
         // not even a malformed object.
@@ -153,7 +186,7 @@ impl Reviewer {
                 findings: Vec::new(),
             };
         }
-        match workload::from_request(request) {
+        match read.unwrap_or_else(|| workload::from_request(request)) {
             Ok(Some(workload)) => self.decide_workload(&workload, policy, budget).await,
             Ok(None) => Outcome {
                 kind: "unknown",
@@ -183,10 +216,12 @@ impl Reviewer {
         let credentials = self.credentials(workload, deadline).await;
         let platforms: Arc<[Platform]> = workload.platforms(policy.platforms()).into();
 
-        // One probe per distinct image, however many containers use it.
+        // One probe per distinct image, however many containers use it (the uses are at most
+        // `workload::MAX_IMAGE_USES`, counted before they were read).
         let mut distinct: Vec<&str> = Vec::new();
+        let mut seen: HashSet<&str> = HashSet::with_capacity(workload.images.len());
         for use_ in &workload.images {
-            if !distinct.contains(&use_.image.as_str()) {
+            if seen.insert(&use_.image) {
                 distinct.push(&use_.image);
             }
         }
@@ -312,7 +347,11 @@ impl Reviewer {
                 timeout: self.probe_timeout,
             };
             let resolved = resolved.clone();
+            let permit = self.probes.clone().try_acquire_owned();
             async move {
+                let Ok(_permit) = permit else {
+                    return probe::overloaded(&resolved.reference, MAX_PROBES_IN_FLIGHT);
+                };
                 let _running = metrics.probe_started();
                 let found: Vec<_> = pod
                     .into_iter()
@@ -427,7 +466,9 @@ fn unreadable(policy: &Policy, error: &WorkloadError) -> Outcome {
         // A kind the webhook is not meant to see (a misconfigured rule): not the user's fault.
         WorkloadError::UnsupportedKind { .. } => (Verdict::Unavailable, "unknown"),
         WorkloadError::Malformed { .. } => (Verdict::Invalid, "unknown"),
-        WorkloadError::MissingObject { kind } => (Verdict::Invalid, kind.as_str()),
+        WorkloadError::MissingObject { kind } | WorkloadError::TooMany { kind, .. } => {
+            (Verdict::Invalid, kind.as_str())
+        }
     };
     let message = format!("pullgate: {error}");
     Outcome {

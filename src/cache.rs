@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
+use moka::ops::compute::Op;
 use ring::hmac;
 
 use crate::keyring::{CredentialId, Fingerprint, random_hmac_key};
@@ -37,6 +38,9 @@ pub struct CacheOptions {
     pub unavailable_ttl: Duration,
     /// Entries kept at most.
     pub max_entries: u64,
+    /// Bytes the entries may take, moka's bookkeeping and the answers' texts included (an
+    /// estimate); the bound that holds whatever the texts are.
+    pub max_bytes: u64,
 }
 
 impl Default for CacheOptions {
@@ -47,6 +51,7 @@ impl Default for CacheOptions {
             refusal_ttl: Duration::from_secs(60),
             unavailable_ttl: Duration::from_secs(5),
             max_entries: 100_000,
+            max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -120,9 +125,13 @@ pub struct Answer {
 }
 
 /// Longest reason, failed blob or registry message kept. A reason quotes at most a registry
-/// message (600 characters) and an index's platform list, far below this; the bound keeps
-/// the three in u16 offsets.
-const MAX_TEXT: usize = 16 * 1024;
+/// message (600 characters), a URL and a dozen platform names, below this; the bound keeps
+/// any entry's text to a few KiB and the three parts in u16 offsets.
+const MAX_TEXT: usize = 2 * 1024;
+
+/// What an entry costs besides its text: moka's bookkeeping, the key and the entry itself,
+/// as measured with 100,000 entries (BENCHMARKS.md: about 315 bytes an entry).
+pub const ENTRY_BYTES: u64 = 320;
 
 impl Answer {
     pub fn new(
@@ -170,6 +179,11 @@ impl Answer {
 
     pub fn verdict(&self) -> Verdict {
         self.verdict
+    }
+
+    /// The bytes of its text (shared texts counted in full by every holder).
+    fn text_len(&self) -> usize {
+        self.text.as_deref().map_or(0, str::len)
     }
 
     fn text(&self) -> &str {
@@ -291,8 +305,17 @@ pub struct VerdictCache {
 
 impl VerdictCache {
     pub fn new(options: CacheOptions) -> Self {
+        // Each entry weighs at least the bytes budget divided by the entry cap, so that the one
+        // weighted capacity bounds both; an entry with a long text weighs its text too.
+        let floor = (options.max_bytes / options.max_entries.max(1)).max(ENTRY_BYTES);
         VerdictCache {
-            cache: Cache::builder().max_capacity(options.max_entries).build(),
+            cache: Cache::builder()
+                .max_capacity(options.max_bytes)
+                .weigher(move |_: &KeyId, entry: &Entry| {
+                    let weight = (ENTRY_BYTES + entry.answer.text_len() as u64).max(floor);
+                    u32::try_from(weight).unwrap_or(u32::MAX)
+                })
+                .build(),
             options: Arc::new(options),
             epoch: Instant::now(),
             secret: Arc::new(random_hmac_key()),
@@ -302,6 +325,77 @@ impl VerdictCache {
 
     fn now(&self) -> u64 {
         millis(self.epoch.elapsed())
+    }
+
+    /// Entries held, expired ones not yet swept included.
+    pub fn entry_count(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// The entries' weight: an estimate of the bytes they hold.
+    pub fn weighted_size(&self) -> u64 {
+        self.cache.weighted_size()
+    }
+
+    /// Removes every expired entry, so what they held is freed rather than only hidden from
+    /// lookups; returns how many went.
+    pub async fn sweep_expired(&self) -> usize {
+        let now = self.now();
+        let stale: Vec<KeyId> = self
+            .cache
+            .iter()
+            .filter(|(_, entry)| entry.expires <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &stale {
+            // Only if still stale: a probe may have put a fresh answer there meanwhile.
+            self.cache
+                .entry_by_ref(id)
+                .and_compute_with(|entry| async move {
+                    match entry {
+                        Some(entry) if entry.value().expires <= now => Op::Remove,
+                        _ => Op::Nop,
+                    }
+                })
+                .await;
+        }
+        self.cache.run_pending_tasks().await;
+        stale.len()
+    }
+
+    /// How often [`VerdictCache::sweep_expired_until`] sweeps: half the shortest lifetime,
+    /// between one second and a minute.
+    fn sweep_interval(&self) -> Duration {
+        let o = &self.options;
+        [
+            o.pullable_ttl,
+            o.digest_pullable_ttl,
+            o.refusal_ttl,
+            o.unavailable_ttl,
+        ]
+        .into_iter()
+        .filter(|ttl| !ttl.is_zero())
+        .min()
+        .map_or(Duration::from_secs(60), |ttl| ttl / 2)
+        .clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+
+    /// Sweeps expired entries regularly until `stop` resolves.
+    pub async fn sweep_expired_until(self, stop: impl Future<Output = ()>) {
+        let mut tick = tokio::time::interval(self.sweep_interval());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                _ = tick.tick() => {
+                    let swept = self.sweep_expired().await;
+                    if swept > 0 {
+                        tracing::debug!(swept, "expired verdicts swept");
+                    }
+                }
+            }
+        }
     }
 
     /// The cached answer for `key`, or the answer of the report of `probe`, run once however

@@ -15,6 +15,22 @@ pub enum Challenge {
     Basic,
 }
 
+impl Challenge {
+    /// Roughly the bytes it holds, for caches bounded by size.
+    pub fn weight(&self) -> usize {
+        let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        match self {
+            Challenge::Bearer {
+                realm,
+                service,
+                scope,
+                error,
+            } => 128 + realm.len() + text(service) + text(scope) + text(error),
+            Challenge::Basic => 64,
+        }
+    }
+}
+
 impl std::fmt::Debug for Challenge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

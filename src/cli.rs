@@ -12,8 +12,11 @@ use crate::{
     Config, Listeners,
     cache::CacheOptions,
     client::{ClientOptions, RegistryClient},
+    connection::ConnectionLimits,
     egress::EgressPolicy,
+    fds::FdBudget,
     keyring::{self, Credential, Keyring},
+    outbound::OutboundLimits,
     platform::Platform,
     probe::{self, ProbeOptions, Report},
     pullsecrets::SecretOptions,
@@ -400,6 +403,60 @@ pub struct ServeArgs {
         env = "PULLGATE_CACHE_ENTRIES"
     )]
     pub cache_entries: u64,
+    /// Memory the verdict cache may take (e.g. 64MiB), whatever the verdicts' texts; the cache
+    /// holds at most this and at most --cache-entries.
+    #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = parse_bytes, env = "PULLGATE_CACHE_BYTES")]
+    pub cache_bytes: u64,
+    /// Connections the webhook port keeps open at once; at the cap the oldest idle one is
+    /// closed for a new one. Lowered to fit the open-files limit.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 512,
+        env = "PULLGATE_MAX_CONNECTIONS"
+    )]
+    pub max_connections: usize,
+    /// Connections one source address may keep open on the webhook port.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 256,
+        env = "PULLGATE_MAX_CONNECTIONS_PER_SOURCE"
+    )]
+    pub max_connections_per_source: usize,
+    /// Most time a client may take to finish the TLS handshake.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = humantime::parse_duration, env = "PULLGATE_TLS_HANDSHAKE_TIMEOUT")]
+    pub tls_handshake_timeout: Duration,
+    /// Most time from the handshake to the first request's headers, and for any request's
+    /// headers.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = humantime::parse_duration, env = "PULLGATE_REQUEST_HEADER_TIMEOUT")]
+    pub request_header_timeout: Duration,
+    /// How long a connection stays open with no request after answering one (HTTP/1.1 and
+    /// HTTP/2).
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = humantime::parse_duration, env = "PULLGATE_IDLE_TIMEOUT")]
+    pub idle_timeout: Duration,
+    /// Connections to registries, token endpoints and blob hosts at once, in total; lowered
+    /// to fit the open-files limit.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 128,
+        env = "PULLGATE_MAX_REGISTRY_CONNECTIONS"
+    )]
+    pub max_registry_connections: usize,
+    /// Connections to one registry host at once (all its ports together).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 32,
+        env = "PULLGATE_MAX_REGISTRY_CONNECTIONS_PER_HOST"
+    )]
+    pub max_registry_connections_per_host: usize,
+    /// Require a client certificate signed by a CA in this PEM bundle on the webhook port (the
+    /// apiserver presents one when its AdmissionConfiguration names a kubeconfig for the
+    /// webhook); re-read when it changes.
+    #[arg(long, value_name = "PEM", env = "PULLGATE_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
     /// How often the policy and certificate files are checked for changes.
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = humantime::parse_duration, env = "PULLGATE_RELOAD_INTERVAL")]
     pub reload_interval: Duration,
@@ -408,9 +465,16 @@ pub struct ServeArgs {
     pub shutdown_delay: Duration,
 }
 
-/// The server configuration for `args`: the typed, validated form of the flags.
+/// The server configuration for `args`: the typed, validated form of the flags. The
+/// connection caps are lowered to fit the process's open-files limit.
 pub async fn serve_config(args: ServeArgs) -> Result<Config, CliError> {
     let defaults = Config::default();
+    let budget = FdBudget::split(
+        crate::fds::limit(),
+        args.max_connections,
+        ConnectionLimits::admin().max_connections,
+        args.max_registry_connections,
+    );
     let tls = match (args.tls_cert, args.tls_key) {
         (Some(cert), Some(key)) => TlsSource::Files(CertFiles { cert, key }),
         _ => {
@@ -455,6 +519,12 @@ pub async fn serve_config(args: ServeArgs) -> Result<Config, CliError> {
                 deny: args.egress_deny,
             },
             probes_per_host: args.probes_per_host,
+            outbound: OutboundLimits {
+                max_connections: budget.outbound_connections,
+                max_connections_per_host: args.max_registry_connections_per_host,
+                fd_ceiling: budget.outbound_ceiling,
+                ..OutboundLimits::default()
+            },
             ..args.registry.client_options()?
         },
         cache: CacheOptions {
@@ -463,6 +533,7 @@ pub async fn serve_config(args: ServeArgs) -> Result<Config, CliError> {
             refusal_ttl: args.refusal_ttl,
             unavailable_ttl: args.unavailable_ttl,
             max_entries: args.cache_entries,
+            max_bytes: args.cache_bytes,
         },
         secrets: SecretOptions {
             ttl: args.secret_ttl,
@@ -472,14 +543,56 @@ pub async fn serve_config(args: ServeArgs) -> Result<Config, CliError> {
         node_keyring: load_keyring(&args.registry.docker_configs)?,
         reload_interval: args.reload_interval,
         shutdown_delay: args.shutdown_delay,
+        connections: ConnectionLimits {
+            max_connections: budget.webhook_connections,
+            max_per_source: args.max_connections_per_source,
+            handshake_timeout: args.tls_handshake_timeout,
+            request_header_timeout: args.request_header_timeout,
+            idle_timeout: args.idle_timeout,
+        },
+        admin_connections: ConnectionLimits {
+            max_connections: budget.admin_connections,
+            ..ConnectionLimits::admin()
+        },
+        client_ca: args.client_ca,
         ..defaults
     })
+}
+
+/// A size in bytes: a number, optionally followed by KiB, MiB or GiB (or K, M, G, the same).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 64MiB)"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?} (KiB, MiB or GiB)")),
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// Runs `pullgate serve` until SIGTERM or Ctrl-C.
 pub async fn serve(args: Box<ServeArgs>) -> Result<ExitCode, CliError> {
     let (listen, admin_listen) = (args.listen, args.admin_listen);
+    // As Go's runtime does: a server has every descriptor the hard limit allows.
+    let limit = crate::fds::raise_limit();
     let config = serve_config(*args).await?;
+    tracing::info!(
+        open_files_limit = limit,
+        webhook_connections = config.connections.max_connections,
+        registry_connections = config.registry.outbound.max_connections,
+        "connection caps"
+    );
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -489,7 +602,13 @@ pub async fn serve(args: Box<ServeArgs>) -> Result<ExitCode, CliError> {
         webhook: bind(listen).await?,
         admin: bind(admin_listen).await?,
     };
-    eprintln!("pullgate: webhook on https://{listen}/validate, admin on http://{admin_listen}/");
+    // The bound addresses: with port 0, the ports the system chose.
+    let shown = |l: &TcpListener, asked: SocketAddr| l.local_addr().unwrap_or(asked);
+    eprintln!(
+        "pullgate: webhook on https://{}/validate, admin on http://{}/",
+        shown(&listeners.webhook, listen),
+        shown(&listeners.admin, admin_listen)
+    );
     crate::run(config, listeners, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -510,4 +629,20 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("512K"), Ok(512 << 10));
+        assert_eq!(parse_bytes("1 GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert!(parse_bytes("64MB").is_err());
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("99999999999999GiB").is_err());
+    }
 }

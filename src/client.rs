@@ -6,8 +6,8 @@
 use std::{
     path::Path,
     sync::{
-        Arc,
-        atomic::{AtomicU32, Ordering},
+        Arc, Mutex, PoisonError, RwLock,
+        atomic::{AtomicU32, Ordering, Ordering as AtomicOrdering},
     },
     time::{Duration, Instant},
 };
@@ -31,6 +31,7 @@ use crate::{
     digest::Digest,
     egress::{EgressPolicy, GuardedResolver, Refused},
     keyring::{Credential, CredentialId, Fingerprint, random_hmac_key},
+    outbound::{self, FdGuardLayer, OutOfDescriptors, Outbound, OutboundLimits, Slot},
     reference::ImageRef,
     token::{self, Token, TokenCache, TokenError, TokenKey},
     verdict::{RegistryMessage, Verdict},
@@ -58,8 +59,11 @@ pub struct ClientOptions {
     pub blob_capacity: u64,
     /// The SSRF guard: which addresses may be connected to.
     pub egress: EgressPolicy,
-    /// Probes running at once against one registry host; more wait for a turn.
+    /// Probes running at once against one registry host (all its ports together); more
+    /// wait for a turn.
     pub probes_per_host: usize,
+    /// Bounds on sockets and body bytes.
+    pub outbound: OutboundLimits,
 }
 
 impl Default for ClientOptions {
@@ -73,6 +77,7 @@ impl Default for ClientOptions {
             blob_capacity: 100_000,
             egress: EgressPolicy::default(),
             probes_per_host: 32,
+            outbound: OutboundLimits::default(),
         }
     }
 }
@@ -139,6 +144,14 @@ pub enum FetchError {
         "{host} asked clients to back off (HTTP 429) for {seconds} more second(s); not asked again until then"
     )]
     Backoff { host: String, seconds: u64 },
+    #[error("cannot connect for {url}: {source}")]
+    Descriptors {
+        url: String,
+        #[source]
+        source: OutOfDescriptors,
+    },
+    #[error("no connection to {url} became free in time: {reason}")]
+    Busy { url: String, reason: &'static str },
 }
 
 impl FetchError {
@@ -147,7 +160,9 @@ impl FetchError {
             FetchError::Transport { .. }
             | FetchError::Timeout { .. }
             | FetchError::TooManyRedirects { .. }
-            | FetchError::Backoff { .. } => Verdict::Unavailable,
+            | FetchError::Backoff { .. }
+            | FetchError::Descriptors { .. }
+            | FetchError::Busy { .. } => Verdict::Unavailable,
             FetchError::Egress { .. } => Verdict::Invalid,
             FetchError::Token(e) => match &**e {
                 TokenError::Refused {
@@ -174,6 +189,33 @@ impl FetchError {
             },
             _ => None,
         }
+    }
+}
+
+/// What a 401 offers to be answered with.
+enum Offered {
+    Challenge(Challenge),
+    /// Only schemes pullgate does not speak: the 401 is the answer.
+    Unsupported,
+    Unusable(ChallengeError),
+    /// No `WWW-Authenticate` at all.
+    Nothing,
+}
+
+fn offered_challenge(resp: &Response) -> Offered {
+    let values: Vec<&str> = resp
+        .headers()
+        .get_all(header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if values.is_empty() {
+        return Offered::Nothing;
+    }
+    match challenge::select(values) {
+        Ok(c) => Offered::Challenge(c),
+        Err(ChallengeError::Unsupported(_)) => Offered::Unsupported,
+        Err(source) => Offered::Unusable(source),
     }
 }
 
@@ -217,7 +259,15 @@ pub struct RegistryClient {
 }
 
 struct Inner {
-    http: reqwest::Client,
+    /// The HTTP client and its pool; replaced by a fresh one when descriptors run short, so
+    /// that the old pool's idle connections close.
+    http: RwLock<reqwest::Client>,
+    /// What a fresh client is built from.
+    tls: rustls::ClientConfig,
+    fd_guard: Option<FdGuardLayer>,
+    /// When the client was last replaced.
+    renewed: Mutex<Instant>,
+    outbound: Outbound,
     tokens: TokenCache,
     challenges: moka::sync::Cache<String, Challenge>,
     blobs: moka::sync::Cache<BlobKey, ()>,
@@ -264,27 +314,21 @@ impl RegistryClient {
         observer: Option<RequestObserver>,
     ) -> Result<Self, ClientError> {
         let tls = tls_config(&options)?;
-        let mut builder = reqwest::Client::builder();
-        if options.egress.enabled {
-            builder = builder.dns_resolver(Arc::new(GuardedResolver::new(Arc::new(
-                options.egress.clone(),
-            ))));
-        }
-        let http = builder
-            .tls_backend_preconfigured(tls)
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(options.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .user_agent(concat!("pullgate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(ClientError::Http)?;
+        let fd_guard = options.outbound.fd_ceiling.map(FdGuardLayer::new);
+        let http = http_client(&options, tls.clone(), fd_guard.clone())?;
         Ok(RegistryClient {
             inner: Arc::new(Inner {
-                http,
-                tokens: TokenCache::new(10_000),
+                http: RwLock::new(http),
+                tls,
+                fd_guard,
+                renewed: Mutex::new(Instant::now()),
+                outbound: Outbound::new(&options.outbound),
+                tokens: TokenCache::new(token::CACHE_BYTES),
                 challenges: moka::sync::Cache::builder()
-                    .max_capacity(10_000)
+                    .max_capacity(CHALLENGE_CACHE_BYTES)
+                    .weigher(|origin: &String, c: &Challenge| {
+                        u32::try_from(origin.len() + c.weight()).unwrap_or(u32::MAX)
+                    })
                     .time_to_live(Duration::from_secs(3600))
                     .build(),
                 blobs: moka::sync::Cache::builder()
@@ -307,12 +351,15 @@ impl RegistryClient {
     }
 
     /// Waits for a turn to probe `image`'s registry: at most `probes_per_host` probes run at
-    /// once against one host, so one slow registry cannot take every connection and task.
+    /// once against one host (its ports counted together), so one slow registry cannot take
+    /// every connection and task.
     pub async fn host_turn(&self, image: &ImageRef) -> OwnedSemaphorePermit {
         let limit = self.inner.options.probes_per_host.max(1);
-        let semaphore = self.inner.hosts.get_with(image.api_host().to_owned(), || {
-            Arc::new(Semaphore::new(limit))
-        });
+        let host = outbound::host_of(&registry_base(image));
+        let semaphore = self
+            .inner
+            .hosts
+            .get_with(host, || Arc::new(Semaphore::new(limit)));
         semaphore
             .acquire_owned()
             .await
@@ -326,8 +373,7 @@ impl RegistryClient {
         credential: Option<&'a Credential>,
         deadline: Instant,
     ) -> Session<'a> {
-        let base = Url::parse(&format!("https://{}/", image.api_host()))
-            .expect("a validated registry host forms a URL");
+        let base = registry_base(image);
         Session {
             inner: &self.inner,
             base,
@@ -336,6 +382,81 @@ impl RegistryClient {
             deadline,
             requests: AtomicU32::new(0),
         }
+    }
+}
+
+/// `https://host[:port]/` of `image`'s registry.
+fn registry_base(image: &ImageRef) -> Url {
+    Url::parse(&format!("https://{}/", image.api_host()))
+        .expect("a validated registry host forms a URL")
+}
+
+/// Challenges kept, by bytes: a few hundred bytes each for real registries.
+const CHALLENGE_CACHE_BYTES: u64 = 2 * 1024 * 1024;
+
+/// Idle pooled connections are closed after this long.
+const POOL_IDLE: Duration = Duration::from_secs(30);
+/// Idle connections kept per origin: as many as one image's blob probes use at once.
+const POOL_IDLE_PER_ORIGIN: usize = 16;
+/// A fresh pool is started at most this often when descriptors run short.
+const RENEW_EVERY: Duration = Duration::from_secs(5);
+/// HTTP/2 flow-control windows: a manifest flows in a round trip or two, and a registry that
+/// ignores `Range: bytes=0-0` cannot park more than this per stream in the process.
+const H2_STREAM_WINDOW: u32 = 128 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 256 * 1024;
+
+fn http_client(
+    options: &ClientOptions,
+    tls: rustls::ClientConfig,
+    fd_guard: Option<FdGuardLayer>,
+) -> Result<reqwest::Client, ClientError> {
+    let mut builder = reqwest::Client::builder();
+    if options.egress.enabled {
+        builder = builder.dns_resolver(Arc::new(GuardedResolver::new(Arc::new(
+            options.egress.clone(),
+        ))));
+    }
+    if let Some(guard) = fd_guard {
+        builder = builder.connector_layer(guard);
+    }
+    builder
+        .tls_backend_preconfigured(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(options.connect_timeout)
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_max_idle_per_host(POOL_IDLE_PER_ORIGIN)
+        .http2_initial_stream_window_size(H2_STREAM_WINDOW)
+        .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .tcp_nodelay(true)
+        .user_agent(concat!("pullgate/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(ClientError::Http)
+}
+
+impl Inner {
+    /// The HTTP client in service. When the descriptor guard refused a connection, a fresh
+    /// client (and pool) replaces it first, at most every few seconds: the old one is dropped
+    /// when its last request ends, and its idle connections close with it.
+    fn http(&self) -> reqwest::Client {
+        if let Some(guard) = &self.fd_guard
+            && guard.pressed.swap(false, AtomicOrdering::SeqCst)
+        {
+            let mut renewed = self.renewed.lock().unwrap_or_else(PoisonError::into_inner);
+            if renewed.elapsed() >= RENEW_EVERY {
+                match http_client(&self.options, self.tls.clone(), Some(guard.clone())) {
+                    Ok(fresh) => {
+                        *renewed = Instant::now();
+                        tracing::warn!("file descriptors short: registry connection pool renewed");
+                        *self.http.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot renew the registry client"),
+                }
+            }
+        }
+        self.http
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -423,11 +544,7 @@ impl Session<'_> {
 
     /// GET `path` on the registry, answering auth challenges and following redirects. The
     /// credential is only ever sent to the registry's own origin.
-    pub async fn get(
-        &self,
-        path: &str,
-        headers: &HeaderMap,
-    ) -> Result<(Url, Response), FetchError> {
+    pub async fn get(&self, path: &str, headers: &HeaderMap) -> Result<Reply<'_>, FetchError> {
         let registry = origin(&self.base);
         let mut url = self.url(path);
         for _ in 0..=MAX_REDIRECTS {
@@ -438,10 +555,10 @@ impl Session<'_> {
             };
             let resp = self.send_authorized(&url, headers, credential).await?;
             if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
-                return Ok((url, resp));
+                return Ok(resp);
             }
             let Some(location) = resp.headers().get(header::LOCATION) else {
-                return Ok((url, resp));
+                return Ok(resp);
             };
             let next = location
                 .to_str()
@@ -472,7 +589,7 @@ impl Session<'_> {
         url: &Url,
         headers: &HeaderMap,
         credential: Option<&Credential>,
-    ) -> Result<Response, FetchError> {
+    ) -> Result<Reply<'_>, FetchError> {
         let origin = origin(url);
         let (auth, sent) = match self.inner.challenges.get(&origin) {
             Some(known) => self.authorize(url, &known, credential).await?,
@@ -482,8 +599,25 @@ impl Session<'_> {
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
-        let Some(challenge) = self.challenge_of(url, &resp).await? else {
-            return Ok(resp);
+        // The 401 is let go before any other request: its connection slot may be the last
+        // one to this host, which the ping or the token request would then wait for forever.
+        // `kept` is `None` once it is gone; where it is the answer, it is asked for again.
+        let (challenge, kept) = match offered_challenge(&resp) {
+            Offered::Challenge(challenge) => (challenge, Some(resp)),
+            Offered::Unsupported => return Ok(resp),
+            Offered::Unusable(source) => {
+                return Err(FetchError::Challenge {
+                    url: display_url(url),
+                    source,
+                });
+            }
+            Offered::Nothing => {
+                drop(resp);
+                match self.ping_challenge(url).await? {
+                    Some(challenge) => (challenge, None),
+                    None => return self.send(url, headers, auth.as_ref()).await,
+                }
+            }
         };
         self.inner.challenges.insert(origin, challenge.clone());
         let retry = match (&sent, &challenge) {
@@ -499,41 +633,23 @@ impl Session<'_> {
             }
             _ => true,
         };
-        if !retry {
-            return Ok(resp);
-        }
-        let (auth, _) = self.authorize(url, &challenge, credential).await?;
-        let Some(auth) = auth else {
-            // Basic without credentials: the 401 is the answer.
-            return Ok(resp);
-        };
-        drop(resp);
-        self.send(url, headers, Some(&auth)).await
-    }
-
-    /// The challenge of a 401. Old GCR sent 401 without `WWW-Authenticate` on resources; only
-    /// then is the `/v2/` challenge consulted.
-    async fn challenge_of(
-        &self,
-        url: &Url,
-        resp: &Response,
-    ) -> Result<Option<Challenge>, FetchError> {
-        let values: Vec<&str> = resp
-            .headers()
-            .get_all(header::WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        if !values.is_empty() {
-            return match challenge::select(values) {
-                Ok(c) => Ok(Some(c)),
-                Err(ChallengeError::Unsupported(_)) => Ok(None),
-                Err(source) => Err(FetchError::Challenge {
-                    url: display_url(url),
-                    source,
-                }),
+        // Basic without credentials has nothing to answer with: the 401 is the answer.
+        let answerable =
+            credential.is_some() || self.token_key(url, &challenge, credential)?.is_some();
+        if !retry || !answerable {
+            return match kept {
+                Some(resp) => Ok(resp),
+                None => self.send(url, headers, auth.as_ref()).await,
             };
         }
+        drop(kept);
+        let (auth, _) = self.authorize(url, &challenge, credential).await?;
+        self.send(url, headers, auth.as_ref()).await
+    }
+
+    /// The challenge of a 401 from the resource itself. Old GCR sent 401 without
+    /// `WWW-Authenticate` on resources; only then is the `/v2/` challenge consulted.
+    async fn ping_challenge(&self, url: &Url) -> Result<Option<Challenge>, FetchError> {
         let ping = url.join("/v2/").expect("absolute path joins");
         let resp = self.send(&ping, &HeaderMap::new(), None).await?;
         if resp.status() != StatusCode::UNAUTHORIZED {
@@ -674,11 +790,17 @@ impl Session<'_> {
         } else {
             MAX_ERROR_BODY
         };
-        let body = read_limited(&mut resp, limit, &url)
+        let body = resp
+            .read_body(limit)
             .await
+            .map(|body| body.bytes)
             .map_err(|e| match e {
                 FetchError::Timeout { .. } => TokenError::Timeout {
                     realm: shown.clone(),
+                },
+                FetchError::TooLarge { limit, .. } => TokenError::Malformed {
+                    realm: shown.clone(),
+                    reason: format!("the answer is larger than {limit} bytes"),
                 },
                 other => TokenError::Transport {
                     realm: shown.clone(),
@@ -702,18 +824,24 @@ impl Session<'_> {
         url: &Url,
         headers: &HeaderMap,
         auth: Option<&HeaderValue>,
-    ) -> Result<Response, FetchError> {
-        let remaining = self.deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
+    ) -> Result<Reply<'_>, FetchError> {
+        if Instant::now() >= self.deadline {
             return Err(FetchError::Timeout {
                 url: display_url(url),
             });
         }
         self.admit(url)?;
+        let slot = tokio::time::timeout_at(self.deadline.into(), self.inner.outbound.slot(url))
+            .await
+            .map_err(|_| FetchError::Busy {
+                url: display_url(url),
+                reason: "every connection pullgate may open to this host, or in all, is in use",
+            })?;
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
         let timeout = remaining.min(self.inner.options.request_timeout);
         let mut req = self
             .inner
-            .http
+            .http()
             .get(url.clone())
             .headers(headers.clone())
             .timeout(timeout);
@@ -729,14 +857,22 @@ impl Session<'_> {
                 result.as_ref().ok().map(|r| r.status().as_u16()),
             );
         }
-        if let Ok(resp) = &result
-            && resp.status() == StatusCode::TOO_MANY_REQUESTS
-        {
-            self.inner
-                .backoff
-                .insert(host_key(url), Instant::now() + retry_after(resp.headers()));
+        if let Ok(resp) = &result {
+            self.inner.outbound.learn(url, resp.version());
+            if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+                self.inner
+                    .backoff
+                    .insert(host_key(url), Instant::now() + retry_after(resp.headers()));
+            }
         }
-        result.map_err(|e| classify_reqwest(url, &e))
+        let response = result.map_err(|e| classify_reqwest(url, &e))?;
+        Ok(Reply {
+            response,
+            url: url.clone(),
+            inner: self.inner,
+            deadline: self.deadline,
+            _slot: slot,
+        })
     }
 
     /// Refuses a request the egress guard or a host's back-off forbids, before any byte is
@@ -801,6 +937,15 @@ fn classify_reqwest(url: &Url, e: &reqwest::Error) -> FetchError {
                 refused: refused.clone(),
             };
         }
+        if let Some(short) = err.downcast_ref::<OutOfDescriptors>() {
+            return FetchError::Descriptors {
+                url: display_url(url),
+                source: OutOfDescriptors {
+                    open: short.open,
+                    ceiling: short.ceiling,
+                },
+            };
+        }
         source = err.source();
     }
     if e.is_timeout() {
@@ -826,36 +971,89 @@ fn basic_header(c: &Credential) -> HeaderValue {
     v
 }
 
-/// Reads a body up to `limit` bytes; more is an error, not a truncation.
-pub async fn read_limited(
-    resp: &mut Response,
-    limit: usize,
-    url: &Url,
-) -> Result<Bytes, FetchError> {
-    if resp.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(FetchError::TooLarge {
-            url: display_url(url),
-            limit,
-        });
+/// A registry's answer, with the connection slot it holds until it is dropped.
+pub struct Reply<'a> {
+    response: Response,
+    /// Where the answer came from (after redirects).
+    url: Url,
+    inner: &'a Inner,
+    deadline: Instant,
+    _slot: Slot,
+}
+
+/// A body read whole, with its share of the body budget, held while the bytes (and what is
+/// parsed from them) are in use.
+pub struct Body {
+    pub bytes: Bytes,
+    _share: OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for Reply<'_> {
+    type Target = Response;
+
+    fn deref(&self) -> &Response {
+        &self.response
     }
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| classify_reqwest(url, &e))? {
-        if buf.len() + chunk.len() > limit {
+}
+
+impl std::ops::DerefMut for Reply<'_> {
+    fn deref_mut(&mut self) -> &mut Response {
+        &mut self.response
+    }
+}
+
+impl Reply<'_> {
+    /// The URL that answered.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// Reads the body, up to `limit` bytes; more is an error, not a truncation. The body's
+    /// share of the budget is taken before a byte is read: three times its declared length
+    /// (or `limit`), for the bytes and what is parsed from them while the share is held.
+    pub async fn read_body(&mut self, limit: usize) -> Result<Body, FetchError> {
+        let declared = self.response.content_length();
+        if declared.is_some_and(|n| n > limit as u64) {
             return Err(FetchError::TooLarge {
-                url: display_url(url),
+                url: display_url(&self.url),
                 limit,
             });
         }
-        buf.extend_from_slice(&chunk);
+        let share = 3 * declared.map_or(limit, |n| n as usize);
+        let share =
+            tokio::time::timeout_at(self.deadline.into(), self.inner.outbound.body_share(share))
+                .await
+                .map_err(|_| FetchError::Busy {
+                    url: display_url(&self.url),
+                    reason: "the memory for registry answers being read is in use",
+                })?;
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = self
+            .response
+            .chunk()
+            .await
+            .map_err(|e| classify_reqwest(&self.url, &e))?
+        {
+            if buf.len() + chunk.len() > limit {
+                return Err(FetchError::TooLarge {
+                    url: display_url(&self.url),
+                    limit,
+                });
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(Body {
+            bytes: buf.freeze(),
+            _share: share,
+        })
     }
-    Ok(buf.freeze())
-}
 
-/// Reads an error body for its message; a failure to read it just means no message.
-pub async fn read_error_message(resp: &mut Response, url: &Url) -> RegistryMessage {
-    match read_limited(resp, MAX_ERROR_BODY, url).await {
-        Ok(body) => RegistryMessage::from_body(&body),
-        Err(_) => RegistryMessage::default(),
+    /// Reads an error body for its message; a failure to read it just means no message.
+    pub async fn error_message(&mut self) -> RegistryMessage {
+        match self.read_body(MAX_ERROR_BODY).await {
+            Ok(body) => RegistryMessage::from_body(&body.bytes),
+            Err(_) => RegistryMessage::default(),
+        }
     }
 }
 

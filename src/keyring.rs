@@ -262,6 +262,18 @@ impl DockerConfig {
         self.entries.len()
     }
 
+    /// Roughly the bytes it holds, for caches bounded by size.
+    pub fn weight(&self) -> usize {
+        self.source.len()
+            + self
+                .entries
+                .iter()
+                .map(|(key, c)| {
+                    96 + key.len() + c.username.len() + c.password.len() + c.source.len()
+                })
+                .sum::<usize>()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

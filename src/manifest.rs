@@ -1,9 +1,8 @@
 //! Manifests and indexes: the media types a runtime accepts, parsing that refuses ambiguous
 //! or unusable documents, and the choice of an index entry for a platform.
 
-use std::collections::BTreeMap;
-
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 
 use crate::{
     digest::{Digest, DigestError},
@@ -32,6 +31,9 @@ pub const MAX_INDEX_ENTRIES: usize = 1024;
 /// More layers than any runnable image has (overlayfs stacks stop far below this).
 pub const MAX_LAYERS: usize = 512;
 
+/// Longest platform name quoted in a message.
+const MAX_PLATFORM_NAME: usize = 64;
+
 /// Config media types that mark an artifact (Helm chart, empty OCI artifact) rather than a
 /// container image: a runtime cannot start it.
 const ARTIFACT_CONFIGS: &[&str] = &[
@@ -39,14 +41,15 @@ const ARTIFACT_CONFIGS: &[&str] = &[
     "application/vnd.oci.empty.v1+json",
 ];
 
-/// A content reference inside a manifest (config or layer).
+/// A content reference inside a manifest (config or layer): what the probe needs of it, and
+/// nothing a registry could make large.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlobRef {
     pub digest: Digest,
     pub size: u64,
-    pub media_type: String,
-    /// Foreign / non-distributable layers name where they are served instead.
-    pub urls: Vec<String>,
+    /// A foreign / non-distributable layer: it lists `urls` it is served from instead of
+    /// the registry.
+    pub foreign: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,7 +62,6 @@ pub struct ImageManifest {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IndexEntry {
     pub digest: Digest,
-    pub media_type: String,
     pub platform: Option<DescriptorPlatform>,
 }
 
@@ -116,8 +118,9 @@ struct RawDocument {
     layers: Option<Vec<RawDescriptor>>,
     #[serde(default)]
     manifests: Option<Vec<RawDescriptor>>,
+    /// Only whether it is there: schema 1.
     #[serde(default)]
-    fs_layers: Option<serde_json::Value>,
+    fs_layers: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -132,9 +135,6 @@ struct RawDescriptor {
     urls: Option<Vec<String>>,
     #[serde(default)]
     platform: Option<DescriptorPlatform>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    annotations: Option<BTreeMap<String, String>>,
 }
 
 fn is_index_type(t: &str) -> bool {
@@ -197,7 +197,6 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<Document, Manife
                         what: "entry",
                         source,
                     })?,
-                    media_type: d.media_type,
                     platform: d.platform,
                 })
             })
@@ -213,7 +212,9 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<Document, Manife
         return Err(ManifestError::TooMany(layers.len(), MAX_LAYERS));
     }
     if ARTIFACT_CONFIGS.contains(&config.media_type.as_str()) {
-        return Err(ManifestError::NotAnImage(config.media_type));
+        return Err(ManifestError::NotAnImage(
+            config.media_type.chars().take(120).collect(),
+        ));
     }
     Ok(Document::Image(ImageManifest {
         media_type,
@@ -230,8 +231,7 @@ fn blob(d: RawDescriptor, what: &'static str) -> Result<BlobRef, ManifestError> 
         digest: Digest::parse(&d.digest)
             .map_err(|source| ManifestError::Digest { what, source })?,
         size: u64::try_from(d.size).map_err(|_| ManifestError::Size(what))?,
-        media_type: d.media_type,
-        urls: d.urls.unwrap_or_default(),
+        foreign: d.urls.is_some_and(|urls| !urls.is_empty()),
     })
 }
 
@@ -245,14 +245,32 @@ impl Index {
             .or_else(|| self.entries.iter().find(|e| e.platform.is_none()))
     }
 
-    /// Platforms the index offers, for a "no matching manifest" message.
-    pub fn offered(&self) -> Vec<String> {
-        self.entries
+    /// The platforms the index offers, for a "no matching manifest" message: the first `named`
+    /// by name, the rest counted ("linux/amd64, linux/arm64 and 3,998 more"), "nothing" for
+    /// none. An index may list a thousand entries; the message, and the verdict cache that
+    /// keeps it, must not grow with them.
+    pub fn offered(&self, named: usize) -> String {
+        let platforms = self
+            .entries
             .iter()
             .filter_map(|e| e.platform.as_ref())
-            .filter(|p| p.os != "unknown")
-            .map(|p| Platform::new(&p.os, &p.architecture, p.variant.as_deref()).to_string())
-            .collect()
+            .filter(|p| p.os != "unknown");
+        let mut names: Vec<String> = Vec::new();
+        let mut more = 0usize;
+        for p in platforms {
+            if names.len() < named {
+                let name = Platform::new(&p.os, &p.architecture, p.variant.as_deref()).to_string();
+                // A platform's parts are a registry's words: a few dozen characters each.
+                names.push(name.chars().take(MAX_PLATFORM_NAME).collect());
+            } else {
+                more += 1;
+            }
+        }
+        match (names.is_empty(), more) {
+            (true, _) => "nothing".to_owned(),
+            (false, 0) => names.join(", "),
+            (false, more) => format!("{} and {more} more", names.join(", ")),
+        }
     }
 }
 
@@ -304,7 +322,34 @@ mod tests {
             ix.select(&Platform::parse("linux/s390x").unwrap())
                 .is_none()
         );
-        assert_eq!(ix.offered(), vec!["linux/arm64", "linux/amd64"]);
+        assert_eq!(ix.offered(12), "linux/arm64, linux/amd64");
+        assert_eq!(ix.offered(1), "linux/arm64 and 1 more");
+    }
+
+    #[test]
+    fn a_thousand_platforms_are_named_in_a_short_line() {
+        let entries: Vec<String> = (0..MAX_INDEX_ENTRIES)
+            .map(|i| {
+                format!(
+                    r#"{{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":1,"platform":{{"os":"linux","architecture":"arch{i}"}}}}"#
+                )
+            })
+            .collect();
+        let idx = format!(
+            r#"{{"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#,
+            entries.join(",")
+        );
+        let Document::Index(ix) = parse(idx.as_bytes(), None).unwrap() else {
+            panic!()
+        };
+        let offered = ix.offered(12);
+        assert!(offered.ends_with(" and 1012 more"), "{offered}");
+        assert!(offered.len() < 200, "{offered}");
+        let empty = Index {
+            media_type: OCI_INDEX.to_owned(),
+            entries: Vec::new(),
+        };
+        assert_eq!(empty.offered(12), "nothing");
     }
 
     #[test]

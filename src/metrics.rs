@@ -4,7 +4,8 @@
 //! hosts and HTTP statuses. Image names and namespaces are left out on purpose, because they
 //! would make the series count grow with the cluster.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -48,6 +49,24 @@ struct CacheLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClosedLabels {
+    listener: &'static str,
+    reason: &'static str,
+}
+
+/// Registry hosts named in the `host` label; the hosts seen after these are counted under
+/// [`OTHER_HOSTS`]. Hosts come from pod specs, so without a bound any pod author could add
+/// series to the webhook's metrics.
+pub const MAX_HOST_LABELS: usize = 64;
+/// The `host` label of every host past the first [`MAX_HOST_LABELS`].
+pub const OTHER_HOSTS: &str = "other";
+
 fn review_histogram() -> Histogram {
     Histogram::new(APISERVER_BUCKETS)
 }
@@ -61,6 +80,12 @@ pub struct Metrics {
     registry_requests: Family<RequestLabels, Counter>,
     cache: Family<CacheLabels, Counter>,
     probes_in_flight: Gauge,
+    /// The hosts given a label of their own, first come first served.
+    hosts: Mutex<HashSet<String>>,
+    connections: Family<ListenerLabels, Gauge>,
+    connections_closed: Family<ClosedLabels, Counter>,
+    cache_entries: Gauge,
+    cache_bytes: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -114,6 +139,30 @@ impl Metrics {
             "Image probes currently running",
             probes_in_flight.clone(),
         );
+        let connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "connections",
+            "Connections open, by listener (webhook, admin)",
+            connections.clone(),
+        );
+        let connections_closed = Family::<ClosedLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections refused or closed by pullgate, by listener and reason (refused: at a cap with every connection busy; evicted: closed to make room; handshake: TLS failed or timed out; idle: no request within the deadline)",
+            connections_closed.clone(),
+        );
+        let cache_entries = Gauge::default();
+        registry.register(
+            "verdict_cache_entries",
+            "Verdicts held by the cache (expired ones until the next sweep)",
+            cache_entries.clone(),
+        );
+        let cache_bytes = Gauge::default();
+        registry.register(
+            "verdict_cache_bytes",
+            "Estimated bytes held by the verdict cache",
+            cache_bytes.clone(),
+        );
         Metrics {
             registry,
             reviews,
@@ -122,7 +171,55 @@ impl Metrics {
             registry_requests,
             cache,
             probes_in_flight,
+            hosts: Mutex::default(),
+            connections,
+            connections_closed,
+            cache_entries,
+            cache_bytes,
         }
+    }
+
+    /// The `host` label for `host`: itself while fewer than [`MAX_HOST_LABELS`] hosts have a
+    /// label, [`OTHER_HOSTS`] after that.
+    fn host_label(&self, host: &str) -> String {
+        let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+        if hosts.contains(host) {
+            return host.to_owned();
+        }
+        if hosts.len() < MAX_HOST_LABELS {
+            hosts.insert(host.to_owned());
+            return host.to_owned();
+        }
+        OTHER_HOSTS.to_owned()
+    }
+
+    /// The number of connections open on `listener`.
+    pub fn connections(&self, listener: &'static str, open: usize) {
+        self.connections
+            .get_or_create(&ListenerLabels { listener })
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+
+    /// A connection refused or closed by the server on `listener`.
+    pub(crate) fn connection_closed(
+        &self,
+        listener: &'static str,
+        reason: crate::connection::Closed,
+    ) {
+        self.connections_closed
+            .get_or_create(&ClosedLabels {
+                listener,
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// The verdict cache's size, set before each scrape.
+    pub fn verdict_cache(&self, entries: u64, bytes: u64) {
+        self.cache_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        self.cache_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     pub fn review(&self, kind: &'static str, decision: &'static str, took: Duration) {
@@ -163,7 +260,7 @@ impl Metrics {
             metrics
                 .registry_requests
                 .get_or_create(&RequestLabels {
-                    host: host.to_owned(),
+                    host: metrics.host_label(host),
                     status: status.map_or_else(|| "error".to_owned(), |s| s.to_string()),
                 })
                 .inc();
@@ -216,5 +313,30 @@ mod tests {
         }
         drop(guard);
         assert!(metrics.encode().contains("pullgate_probes_in_flight 0"));
+    }
+
+    #[test]
+    fn registry_hosts_past_the_first_sixty_four_share_one_label() {
+        let metrics = Arc::new(Metrics::new());
+        let observe = metrics.request_observer();
+        for i in 0..250 {
+            observe(&format!("10.0.{}.{}", i / 256, i % 256), None);
+        }
+        // A host that has its label keeps it.
+        observe("10.0.0.0", Some(200));
+        let text = metrics.encode();
+        let hosts: HashSet<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("pullgate_registry_requests_total{"))
+            .filter_map(|l| l.split("host=\"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(hosts.len(), MAX_HOST_LABELS + 1, "{hosts:?}");
+        assert!(hosts.contains(OTHER_HOSTS));
+        assert!(
+            text.contains("pullgate_registry_requests_total{host=\"other\",status=\"error\"} 186")
+        );
+        assert!(
+            text.contains("pullgate_registry_requests_total{host=\"10.0.0.0\",status=\"200\"} 1")
+        );
     }
 }

@@ -3,8 +3,10 @@
 //! byte of the config and of every layer. A refusal anywhere decides the verdict, and the
 //! registry's own words travel with it.
 
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
 use futures_util::future::join_all;
 use reqwest::{
     StatusCode,
@@ -13,7 +15,7 @@ use reqwest::{
 use serde::Serialize;
 
 use crate::{
-    client::{self, FetchError, RegistryClient, Session},
+    client::{FetchError, RegistryClient, Session},
     digest::{Digest, DigestError},
     keyring::Credential,
     manifest::{self, BlobRef, Document, ImageManifest},
@@ -21,6 +23,14 @@ use crate::{
     reference::ImageRef,
     verdict::{RegistryMessage, Verdict, classify_status},
 };
+
+/// Blob probes of one image running at once. Real images have a handful to a few dozen
+/// layers, all probed in one round; a manifest listing hundreds cannot open hundreds of
+/// connections.
+pub const MAX_PARALLEL_BLOBS: usize = 16;
+
+/// Platforms an index is said to offer, by name, when none matches; the rest are counted.
+pub const MAX_PLATFORMS_NAMED: usize = 12;
 
 /// What to check an image for.
 #[derive(Clone, Debug)]
@@ -288,13 +298,20 @@ async fn run(
             }
         }
         Document::Index(index) => {
-            let wanted: Vec<(&Platform, Option<&manifest::IndexEntry>)> =
-                platforms.iter().map(|p| (p, index.select(p))).collect();
+            // What each platform selects, copied out so the index (up to a thousand entries)
+            // is let go before the children are fetched.
+            let wanted: Vec<(&Platform, Option<Digest>)> = platforms
+                .iter()
+                .map(|p| (p, index.select(p).map(|e| e.digest.clone())))
+                .collect();
+            let offered = index.offered(MAX_PLATFORMS_NAMED);
+            drop(index);
             // Several platforms may resolve to one entry; fetch each entry once.
             let mut digests: Vec<&Digest> = Vec::new();
-            for entry in wanted.iter().filter_map(|(_, e)| *e) {
-                if !digests.contains(&&entry.digest) {
-                    digests.push(&entry.digest);
+            let mut seen: HashSet<&Digest> = HashSet::new();
+            for digest in wanted.iter().filter_map(|(_, d)| d.as_ref()) {
+                if seen.insert(digest) {
+                    digests.push(digest);
                 }
             }
             // Policy engines (Harbor) gate the platform manifest, not the index: fetch it.
@@ -305,60 +322,64 @@ async fn run(
                 (digest, fetched)
             }))
             .await;
-            for (platform, entry) in wanted {
+            for (platform, entry) in &wanted {
                 let result = match entry {
-                    None => {
-                        let offered = index.offered();
-                        Err(Failure::new(
-                            Verdict::NotFound,
-                            format!(
-                                "no matching manifest for {platform} in the index (it offers: {})",
-                                if offered.is_empty() {
-                                    "nothing".to_owned()
-                                } else {
-                                    offered.join(", ")
-                                }
-                            ),
-                        ))
-                    }
+                    None => Err(Failure::new(
+                        Verdict::NotFound,
+                        format!(
+                            "no matching manifest for {platform} in the index (it offers: {offered})"
+                        ),
+                    )),
                     Some(entry) => {
                         let (_, fetched) = children
                             .iter()
-                            .find(|(d, _)| **d == entry.digest)
+                            .find(|(d, _)| *d == entry)
                             .expect("every selected entry was fetched");
                         match fetched {
                             Ok(f) => match &f.document {
                                 Document::Image(m) => Ok((f.digest.clone(), m.clone())),
                                 Document::Index(_) => Err(Failure::new(
                                     Verdict::Invalid,
-                                    manifest::ManifestError::NestedIndex(entry.digest.short())
-                                        .to_string(),
+                                    manifest::ManifestError::NestedIndex(entry.short()).to_string(),
                                 )),
                             },
                             Err(e) => Err(e.clone()),
                         }
                     }
                 };
-                resolved.push((platform.clone(), result));
+                resolved.push(((*platform).clone(), result));
             }
         }
     }
 
-    // Probe every distinct blob once, all in parallel.
+    // Probe every distinct blob once, a bounded number at a time: a manifest may list
+    // hundreds, and each probe is a request.
     let mut blobs: Vec<(BlobKind, BlobRef)> = Vec::new();
+    let mut seen: HashSet<Digest> = HashSet::new();
     for (_, r) in &resolved {
         if let Ok((_, m)) = r {
             let all = std::iter::once((BlobKind::Config, &m.config))
                 .chain(m.layers.iter().map(|l| (BlobKind::Layer, l)));
             for (kind, b) in all {
-                if !blobs.iter().any(|(_, seen)| seen.digest == b.digest) {
+                if seen.insert(b.digest.clone()) {
                     blobs.push((kind, b.clone()));
                 }
             }
         }
     }
-    let results = join_all(blobs.iter().map(|(kind, b)| probe_blob(session, *kind, b))).await;
+    let pending: Vec<_> = blobs
+        .iter()
+        .map(|(kind, b)| probe_blob(session, *kind, b))
+        .collect();
+    let results: Vec<(BlobReport, Option<Failure>)> = futures_util::stream::iter(pending)
+        .buffered(MAX_PARALLEL_BLOBS)
+        .collect()
+        .await;
     report.blobs = results.iter().map(|(r, _)| r.clone()).collect();
+    let failures: HashMap<&Digest, &Failure> = results
+        .iter()
+        .filter_map(|(r, f)| Some((&r.digest, f.as_ref()?)))
+        .collect();
 
     let mut worst: Option<Failure> = None;
     let mut consider = |f: &Failure| {
@@ -372,16 +393,11 @@ async fn run(
     for (platform, r) in resolved {
         let failure = match &r {
             Err(f) => Some(f.clone()),
-            Ok((_, m)) => {
-                let mine: Vec<&Digest> = std::iter::once(&m.config.digest)
-                    .chain(m.layers.iter().map(|l| &l.digest))
-                    .collect();
-                results
-                    .iter()
-                    .filter(|(b, _)| mine.contains(&&b.digest))
-                    .filter_map(|(_, f)| f.clone())
-                    .max_by_key(|f| f.verdict.severity())
-            }
+            Ok((_, m)) => std::iter::once(&m.config.digest)
+                .chain(m.layers.iter().map(|l| &l.digest))
+                .filter_map(|d| failures.get(d).copied())
+                .max_by_key(|f| f.verdict.severity())
+                .cloned(),
         };
         if let Some(f) = &failure {
             consider(f);
@@ -419,18 +435,19 @@ async fn fetch_manifest(
     let mut headers = HeaderMap::new();
     headers.insert(header::ACCEPT, HeaderValue::from_static(manifest::ACCEPT));
     let path = format!("v2/{}/manifests/{reference}", session.repository());
-    let (url, mut resp) = session
+    let mut resp = session
         .get(&path, &headers)
         .await
         .map_err(|e| Failure::from_fetch(what, &e))?;
     let status = resp.status();
     if !status.is_success() {
-        let message = client::read_error_message(&mut resp, &url).await;
+        let message = resp.error_message().await;
         return Err(Failure::refused(what, status, message));
     }
     let content_type = header_str(resp.headers(), header::CONTENT_TYPE);
     let claimed = header_str(resp.headers(), "docker-content-digest");
-    let body = client::read_limited(&mut resp, manifest::MAX_MANIFEST_BYTES, &url)
+    let body = resp
+        .read_body(manifest::MAX_MANIFEST_BYTES)
         .await
         .map_err(|e| match e {
             FetchError::TooLarge { .. } => Failure::new(
@@ -439,6 +456,8 @@ async fn fetch_manifest(
             ),
             other => Failure::from_fetch(what, &other),
         })?;
+    drop(resp);
+    let body = &body.bytes;
     let claimed = claimed
         .map(|c| Digest::parse(&c))
         .transpose()
@@ -451,7 +470,7 @@ async fn fetch_manifest(
     let algorithm = expected
         .or(claimed.as_ref())
         .map_or(crate::digest::Algorithm::Sha256, Digest::algorithm);
-    let actual = Digest::compute(algorithm, &body);
+    let actual = Digest::compute(algorithm, body);
     if let Some(expected) = expected
         && *expected != actual
     {
@@ -463,7 +482,7 @@ async fn fetch_manifest(
         ));
     }
     if let Some(claimed) = claimed
-        && !claimed.matches(&body)
+        && !claimed.matches(body)
     {
         return Err(Failure::new(
             Verdict::Invalid,
@@ -472,7 +491,7 @@ async fn fetch_manifest(
             ),
         ));
     }
-    let document = manifest::parse(&body, content_type.as_deref())
+    let document = manifest::parse(body, content_type.as_deref())
         .map_err(|e| Failure::new(Verdict::Invalid, format!("{what}: {e}")))?;
     let media_type = match &document {
         Document::Image(m) => m.media_type.clone(),
@@ -513,7 +532,7 @@ async fn probe_blob(
         cached: false,
         reason: None,
     };
-    if !blob.urls.is_empty() {
+    if blob.foreign {
         report.skipped = true;
         report.reason =
             Some("foreign layer: served from its own URLs, not by the registry".to_owned());
@@ -547,7 +566,7 @@ async fn probe_blob_inner(
     let mut headers = HeaderMap::new();
     headers.insert(header::RANGE, HeaderValue::from_static("bytes=0-0"));
     let path = format!("v2/{}/blobs/{}", session.repository(), blob.digest);
-    let (url, mut resp) = session
+    let mut resp = session
         .get(&path, &headers)
         .await
         .map_err(|e| Failure::from_fetch(label, &e))?;
@@ -607,7 +626,7 @@ async fn probe_blob_inner(
             }
         }
         _ => {
-            let message = client::read_error_message(&mut resp, &url).await;
+            let message = resp.error_message().await;
             Err(Failure::refused(label, status, message))
         }
     }
@@ -627,6 +646,15 @@ pub fn unfinished(reference: &str, waited: Duration) -> Report {
             "the probe did not finish within the review's deadline of {}",
             humantime::format_duration(waited)
         ),
+    )
+}
+
+/// The report for an image not probed because `limit` probes are in flight already.
+pub fn overloaded(reference: &str, limit: usize) -> Report {
+    failed(
+        reference,
+        Verdict::Unavailable,
+        format!("not probed: pullgate is running its limit of {limit} probes at once"),
     )
 }
 

@@ -49,6 +49,9 @@ pub struct SecretOptions {
     pub request_timeout: Duration,
     /// Objects kept at most, Secrets and ServiceAccounts each.
     pub max_entries: u64,
+    /// Bytes the Secrets and ServiceAccounts kept may take, each (an estimate): a namespace's
+    /// secrets are its owners' to make large (up to 1 MiB each).
+    pub max_bytes: u64,
 }
 
 impl Default for SecretOptions {
@@ -58,6 +61,7 @@ impl Default for SecretOptions {
             error_ttl: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             max_entries: 10_000,
+            max_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -181,11 +185,40 @@ impl<T> Expiry<ObjectKey, Lookup<T>> for LookupExpiry {
     }
 }
 
+/// What a cached read weighs: its key, what it holds, and moka's bookkeeping.
+trait Weight {
+    fn weight(&self) -> usize;
+}
+
+impl Weight for DockerConfig {
+    fn weight(&self) -> usize {
+        DockerConfig::weight(self)
+    }
+}
+
+impl Weight for Vec<String> {
+    fn weight(&self) -> usize {
+        self.iter().map(|name| 24 + name.len()).sum()
+    }
+}
+
 impl SecretStore {
     pub fn new(client: kube::Client, options: SecretOptions) -> Self {
-        fn cache<T: Send + Sync + 'static>(options: &SecretOptions) -> Cache<ObjectKey, Lookup<T>> {
+        fn cache<T: Weight + Send + Sync + 'static>(
+            options: &SecretOptions,
+        ) -> Cache<ObjectKey, Lookup<T>> {
+            // The entry cap holds through the weight's floor, the byte cap through the weight.
+            let floor = (options.max_bytes / options.max_entries.max(1)).max(256);
             Cache::builder()
-                .max_capacity(options.max_entries)
+                .max_capacity(options.max_bytes)
+                .weigher(move |key: &ObjectKey, value: &Lookup<T>| {
+                    let held = match value.as_ref() {
+                        Ok(value) => value.weight(),
+                        Err(_) => 128,
+                    };
+                    let weight = (256 + key.namespace.len() + key.name.len() + held) as u64;
+                    u32::try_from(weight.max(floor)).unwrap_or(u32::MAX)
+                })
                 .expire_after(LookupExpiry {
                     ttl: options.ttl,
                     error_ttl: options.error_ttl,

@@ -9,14 +9,10 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Extension, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
-use kube::core::admission::AdmissionResponse;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -26,13 +22,14 @@ use tokio_rustls::TlsAcceptor;
 use crate::admission::{Reviewer, ReviewerConfig};
 use crate::cache::CacheOptions;
 use crate::client::{ClientError, ClientOptions, RegistryClient};
+use crate::connection::{self, ConnectionLimits, Peer, Tracker};
+use crate::intake::Intake;
 use crate::keyring::Keyring;
 use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyError};
 use crate::pullsecrets::{SecretOptions, SecretStore};
 use crate::reload::{ReloadError, Reloading};
-use crate::request::{self, AdmissionRequest};
-use crate::tls::{CertFiles, CertStore, DevCertificate, TlsError};
+use crate::tls::{CertFiles, CertStore, ClientCa, DevCertificate, TlsError};
 
 /// The path kube-apiserver POSTs AdmissionReviews to (the webhook's `clientConfig.service.path`).
 pub const WEBHOOK_PATH: &str = "/validate";
@@ -86,6 +83,17 @@ pub struct Config {
     pub shutdown_delay: Duration,
     /// How long in-flight reviews get to finish once accepting has stopped.
     pub drain_timeout: Duration,
+    /// Caps and deadlines of the webhook port's connections.
+    pub connections: ConnectionLimits,
+    /// Caps and deadlines of the admin port's connections.
+    pub admin_connections: ConnectionLimits,
+    /// CAs whose client certificates the webhook port requires (`--client-ca`); without it,
+    /// any client may connect.
+    pub client_ca: Option<PathBuf>,
+    /// Memory for the reviews in flight: each holds its body's size plus a fixed allowance
+    /// (for what is read from the body and for its probes' bookkeeping) until it is answered,
+    /// and waits, within its budget, while the rest is taken.
+    pub reviews_memory: usize,
 }
 
 impl Default for Config {
@@ -111,6 +119,10 @@ impl Default for Config {
             max_body_bytes: 8 * 1024 * 1024,
             shutdown_delay: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(15),
+            connections: ConnectionLimits::webhook(),
+            admin_connections: ConnectionLimits::admin(),
+            client_ca: None,
+            reviews_memory: 64 * 1024 * 1024,
         }
     }
 }
@@ -134,8 +146,6 @@ pub enum ServerError {
     Policy(#[from] ReloadError<PolicyError>),
     #[error("registry client: {0}")]
     Registry(#[from] ClientError),
-    #[error("admin server: {0}")]
-    Admin(#[source] std::io::Error),
 }
 
 /// What the handlers share.
@@ -143,7 +153,8 @@ struct App {
     reviewer: Reviewer,
     metrics: Arc<Metrics>,
     budget: Duration,
-    max_body_bytes: usize,
+    /// How bodies are read, within memory and time.
+    intake: Intake,
     ready: AtomicBool,
 }
 
@@ -159,6 +170,11 @@ pub async fn run(
         TlsSource::Files(files) => CertStore::from_files(files)?,
         TlsSource::Development(dev) => CertStore::fixed(dev.certified_key()?),
     });
+    let client_ca = config
+        .client_ca
+        .map(ClientCa::from_file)
+        .transpose()?
+        .map(Arc::new);
     let policy = Arc::new(match &config.policy {
         PolicySource::Embedded => Reloading::fixed("policy", Policy::default()),
         PolicySource::File(path) => {
@@ -185,9 +201,9 @@ pub async fn run(
             metrics: metrics.clone(),
             probe_timeout: config.probe_timeout,
         }),
-        metrics,
+        metrics: metrics.clone(),
         budget: config.review_budget,
-        max_body_bytes: config.max_body_bytes,
+        intake: Intake::new(config.max_body_bytes, config.reviews_memory),
         ready: AtomicBool::new(true),
     });
 
@@ -208,39 +224,54 @@ pub async fn run(
         let done = stopped(&stop_rx);
         policy.watch(config.reload_interval, done)
     });
+    if let Some(clients) = &client_ca {
+        let clients = clients.clone();
+        let done = stopped(&stop_rx);
+        background.spawn(async move { clients.watch(config.reload_interval, done).await });
+    }
+    background.spawn(
+        app.reviewer
+            .cache()
+            .clone()
+            .sweep_expired_until(stopped(&stop_rx)),
+    );
 
-    let admin = axum::serve(listeners.admin, admin_router(app.clone()))
-        .with_graceful_shutdown(stopped(&stop_rx));
-    let admin = tokio::spawn(async move { admin.await });
+    // The admin port has connections of its own, so no flood of the webhook port can keep
+    // the kubelet's probes out; it stops after the webhook has drained.
+    let admin = tokio::spawn(connection::accept_until(
+        listeners.admin,
+        Tracker::new("admin", config.admin_connections, metrics.clone()),
+        |tcp| std::future::ready(Ok(tcp)),
+        admin_router(app.clone()),
+        stop_rx.clone(),
+        stopped(&stop_rx),
+    ));
 
-    let tls = crate::tls::server_config(certs)?;
-    let webhook = webhook_router(app.clone());
+    let acceptor = TlsAcceptor::from(crate::tls::server_config(certs, client_ca)?);
     let (drain_tx, drain_rx) = watch::channel(false);
-    let mut connections = JoinSet::new();
-    let acceptor = TlsAcceptor::from(tls);
     tracing::info!(
         addr = ?listeners.webhook.local_addr().ok(),
         "serving admission reviews"
     );
-
-    tokio::pin!(shutdown);
-    let mut draining: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-    loop {
-        tokio::select! {
-            _ = &mut shutdown, if draining.is_none() => {
-                tracing::info!(delay = ?config.shutdown_delay, "shutting down: not ready any more");
-                app.ready.store(false, Ordering::SeqCst);
-                draining = Some(Box::pin(tokio::time::sleep(config.shutdown_delay)));
-            }
-            _ = async { draining.as_mut().expect("guarded").await }, if draining.is_some() => break,
-            accepted = listeners.webhook.accept() => {
-                let Ok((tcp, _)) = accepted else { continue };
-                connections.spawn(serve_connection(tcp, acceptor.clone(), webhook.clone(), drain_rx.clone()));
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+    let until_shutdown = {
+        let app = app.clone();
+        let delay = config.shutdown_delay;
+        async move {
+            shutdown.await;
+            tracing::info!(delay = ?delay, "shutting down: not ready any more");
+            app.ready.store(false, Ordering::SeqCst);
+            tokio::time::sleep(delay).await;
         }
-    }
-    drop(listeners.webhook);
+    };
+    let mut connections = connection::accept_until(
+        listeners.webhook,
+        Tracker::new("webhook", config.connections, metrics),
+        move |tcp| acceptor.accept(tcp),
+        webhook_router(app.clone()),
+        drain_rx,
+        until_shutdown,
+    )
+    .await;
     let _ = drain_tx.send(true);
     let drained = tokio::time::timeout(config.drain_timeout, async {
         while connections.join_next().await.is_some() {}
@@ -256,39 +287,18 @@ pub async fn run(
     let _ = stop_tx.send(true);
     while background.join_next().await.is_some() {}
     match admin.await {
-        Ok(result) => result.map_err(ServerError::Admin)?,
+        Ok(mut admin) => {
+            let closed = tokio::time::timeout(Duration::from_secs(1), async {
+                while admin.join_next().await.is_some() {}
+            });
+            if closed.await.is_err() {
+                admin.shutdown().await;
+            }
+        }
         Err(e) => tracing::warn!(error = %e, "admin server task failed"),
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Serves one TLS connection until it closes, or gracefully once draining starts: HTTP/1
-/// finishes the request in flight and closes, HTTP/2 sends GOAWAY.
-async fn serve_connection(
-    tcp: tokio::net::TcpStream,
-    acceptor: TlsAcceptor,
-    router: Router,
-    mut drain: watch::Receiver<bool>,
-) {
-    let _ = tcp.set_nodelay(true);
-    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
-    let Ok(Ok(tls)) = handshake else {
-        tracing::debug!("TLS handshake failed or timed out");
-        return;
-    };
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
-    let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(router));
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => return,
-        _ = drain.wait_for(|d| *d) => conn.as_mut().graceful_shutdown(),
-    }
-    let _ = conn.await;
 }
 
 fn webhook_router(app: Arc<App>) -> Router {
@@ -314,6 +324,9 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let cache = app.reviewer.cache();
+    app.metrics
+        .verdict_cache(cache.entry_count(), cache.weighted_size());
     (
         [(
             header::CONTENT_TYPE,
@@ -349,39 +362,32 @@ pub fn review_budget(configured: Duration, apiserver_timeout: Option<&str>) -> D
 async fn validate(
     State(app): State<Arc<App>>,
     Query(query): Query<ValidateQuery>,
+    Extension(Peer(peer)): Extension<Peer>,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
     let budget = review_budget(app.budget, query.timeout.as_deref());
-    let response = match read_request(&app, body, budget).await {
-        Ok(request) => app.reviewer.review(&request, budget).await,
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let read = app
+        .intake
+        .read(peer.ip(), declared, body, started + budget)
+        .await;
+    let response = match read {
+        Ok(admitted) => {
+            app.reviewer
+                .review_read(&admitted.request, admitted.read, budget)
+                .await
+        }
         Err(invalid) => {
             app.metrics.review("unknown", "error", started.elapsed());
             *invalid
         }
     };
     axum::Json(response.into_review()).into_response()
-}
-
-/// The request of an AdmissionReview body, or the answer for a body that is not one.
-async fn read_request(
-    app: &App,
-    body: Body,
-    budget: Duration,
-) -> Result<AdmissionRequest, Box<AdmissionResponse>> {
-    // A body that stalls must not hold the connection past the apiserver's patience.
-    let read = tokio::time::timeout(budget, axum::body::to_bytes(body, app.max_body_bytes));
-    match read.await {
-        Err(_) => Err(Box::new(AdmissionResponse::invalid(format!(
-            "pullgate: the AdmissionReview body did not arrive within {}",
-            humantime::format_duration(budget)
-        )))),
-        Ok(Err(e)) => Err(Box::new(AdmissionResponse::invalid(format!(
-            "pullgate: cannot read the AdmissionReview (over {} bytes, or cut short): {e}",
-            app.max_body_bytes
-        )))),
-        Ok(Ok(bytes)) => request::parse(&bytes),
-    }
 }
 
 #[cfg(test)]

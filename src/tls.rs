@@ -5,7 +5,7 @@
 //! pair that does not load keeps the old one serving.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,11 +13,14 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 
 use crate::reload::{ReloadError, Reloading};
 
@@ -131,14 +134,133 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-/// TLS 1.2 and 1.3 only, HTTP/2 and HTTP/1.1, the certificate from `store`.
-pub fn server_config(store: Arc<CertStore>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(store);
+/// TLS 1.2 and 1.3 only, HTTP/2 and HTTP/1.1, the certificate from `store`; with `clients`,
+/// only clients presenting a certificate signed by its CAs get past the handshake.
+pub fn server_config(
+    store: Arc<CertStore>,
+    clients: Option<Arc<ClientCa>>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match clients {
+        Some(clients) => builder.with_client_cert_verifier(clients),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(store);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// `--client-ca`: the CAs whose client certificates are accepted, re-read when the file
+/// changes. The apiserver presents a client certificate to a webhook when its
+/// AdmissionConfiguration gives a kubeconfig for the webhook's host; requiring one means that
+/// pods, which reach the webhook's port too, cannot post reviews at all.
+pub struct ClientCa(Arc<Reloading<Arc<dyn ClientCertVerifier>, TlsError>>);
+
+impl fmt::Debug for ClientCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ClientCa").field(&self.0).finish()
+    }
+}
+
+impl ClientCa {
+    /// Loads the CA bundle at `path`.
+    pub fn from_file(path: PathBuf) -> Result<Self, ReloadError<TlsError>> {
+        let shown = path.clone();
+        Reloading::load("client CA", vec![path], MAX_PEM_BYTES, move |pem| {
+            client_verifier(&pem[0], &shown)
+        })
+        .map(|r| ClientCa(Arc::new(r)))
+    }
+
+    /// Polls the file every `interval` until `shutdown` resolves.
+    pub async fn watch(&self, interval: Duration, shutdown: impl Future<Output = ()>) {
+        self.0.clone().watch(interval, shutdown).await
+    }
+
+    /// Re-reads the file when it changed; a bundle that does not load keeps the old one.
+    pub fn reload_if_changed(&self) -> Result<bool, ReloadError<TlsError>> {
+        self.0.reload_if_changed()
+    }
+
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        Arc::clone(&self.0.current())
+    }
+}
+
+/// A verifier requiring a client certificate that chains to one of the CAs in `pem`.
+fn client_verifier(pem: &[u8], path: &Path) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| TlsError::BadCertificate {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        roots.add(cert).map_err(|e| TlsError::BadCertificate {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| TlsError::BadCertificate {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+/// Each handshake asks the CA bundle in force at that moment. No CA names are sent as hints
+/// (they would have to outlive a reload); clients with one certificate, like the apiserver,
+/// present it anyway.
+impl ClientCertVerifier for ClientCa {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current().supported_verify_schemes()
+    }
 }
 
 /// A throw-away CA and a serving certificate signed by it, for `pullgate serve` without
@@ -271,7 +393,7 @@ mod tests {
     fn server_config_offers_h2_and_http1() {
         let dev = DevCertificate::generate(&["127.0.0.1".into()]).unwrap();
         let store = Arc::new(CertStore::fixed(dev.certified_key().unwrap()));
-        let config = server_config(store).unwrap();
+        let config = server_config(store, None).unwrap();
         assert_eq!(
             config.alpn_protocols,
             [b"h2".to_vec(), b"http/1.1".to_vec()]

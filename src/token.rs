@@ -13,8 +13,15 @@ use serde::Deserialize;
 
 use crate::{keyring::CredentialId, verdict::RegistryMessage};
 
-/// Token responses are small JSON documents; a few hundred KiB covers the largest JWTs seen.
-pub const MAX_TOKEN_BODY: usize = 256 * 1024;
+/// Token responses are small JSON documents: a JWT with its claims is one to a few KiB.
+pub const MAX_TOKEN_BODY: usize = 64 * 1024;
+
+/// Tokens longer than this are used for the request that fetched them but not kept: a token
+/// of tens of KiB is suspicious, and a cache of them would be a memory leak a registry controls.
+pub const MAX_CACHED_TOKEN: usize = 8 * 1024;
+
+/// The token cache's size, in bytes of keys and tokens.
+pub const CACHE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// The token spec's default when `expires_in` is missing.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(60);
@@ -127,10 +134,23 @@ struct TokenExpiry;
 
 impl Expiry<TokenKey, Token> for TokenExpiry {
     fn expire_after_create(&self, _: &TokenKey, token: &Token, _: Instant) -> Option<Duration> {
+        if token.value.len() > MAX_CACHED_TOKEN {
+            // Handed to the probes that waited for it, then gone.
+            return Some(Duration::ZERO);
+        }
         // Stop using a token a little before the registry does, so a request does not race
         // its expiry.
         let margin = (token.lifetime / 10).min(Duration::from_secs(30));
         Some(token.lifetime - margin)
+    }
+}
+
+impl TokenKey {
+    /// Roughly the bytes it holds, for the cache's bound.
+    fn weight(&self) -> usize {
+        64 + self.realm.len()
+            + self.service.as_ref().map_or(0, String::len)
+            + self.scopes.iter().map(|s| 24 + s.len()).sum::<usize>()
     }
 }
 
@@ -142,10 +162,14 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
-    pub fn new(capacity: u64) -> Self {
+    /// A cache holding at most `bytes` of keys and tokens.
+    pub fn new(bytes: u64) -> Self {
         TokenCache {
             cache: Cache::builder()
-                .max_capacity(capacity)
+                .max_capacity(bytes)
+                .weigher(|key: &TokenKey, token: &Token| {
+                    u32::try_from(key.weight() + 64 + token.value.len()).unwrap_or(u32::MAX)
+                })
                 .expire_after(TokenExpiry)
                 .build(),
         }
@@ -218,7 +242,7 @@ mod tests {
 
     #[tokio::test]
     async fn single_flight_and_isolation() {
-        let cache = TokenCache::new(100);
+        let cache = TokenCache::new(CACHE_BYTES);
         let key = |cred| TokenKey {
             realm: "https://r/token".into(),
             service: Some("s".into()),
@@ -240,5 +264,58 @@ mod tests {
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
         let other = crate::keyring::Credential::new("u", "p", "test").id();
         assert!(cache.get(&key(other)).await.is_none());
+    }
+
+    fn key_for(repo: usize) -> TokenKey {
+        TokenKey {
+            realm: "https://r/token".into(),
+            service: Some("s".into()),
+            scopes: vec![format!("repository:r{repo}:pull")],
+            credential: CredentialId::ANONYMOUS,
+        }
+    }
+
+    fn token_of(len: usize) -> Result<Token, TokenError> {
+        let body = format!(r#"{{"token":"{}","expires_in":86400}}"#, "t".repeat(len));
+        parse_token_response("r", body.as_bytes())
+    }
+
+    #[tokio::test]
+    async fn the_cache_is_bounded_by_bytes_not_by_count() {
+        let cache = TokenCache::new(64 * 1024);
+        for repo in 0..200 {
+            cache
+                .get_or_fetch(key_for(repo), async { token_of(4 * 1024) })
+                .await
+                .unwrap();
+        }
+        cache.cache.run_pending_tasks().await;
+        let held = cache.cache.weighted_size();
+        assert!(held <= 64 * 1024, "{held} bytes held");
+        assert!(
+            cache.cache.entry_count() >= 10,
+            "the bound still keeps tokens"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_token_is_used_but_not_kept() {
+        let cache = TokenCache::new(CACHE_BYTES);
+        let (token, cached) = cache
+            .get_or_fetch(key_for(1), async { token_of(MAX_CACHED_TOKEN + 1) })
+            .await
+            .unwrap();
+        assert_eq!((token.value().len(), cached), (MAX_CACHED_TOKEN + 1, false));
+        cache.cache.run_pending_tasks().await;
+        assert!(cache.get(&key_for(1)).await.is_none());
+        let (_, cached) = cache
+            .get_or_fetch(key_for(2), async { token_of(MAX_CACHED_TOKEN) })
+            .await
+            .unwrap();
+        assert!(!cached);
+        assert!(
+            cache.get(&key_for(2)).await.is_some(),
+            "a normal token is kept"
+        );
     }
 }

@@ -52,7 +52,23 @@ pub enum WorkloadError {
     },
     #[error("admission request to create or update a {kind} carries no object")]
     MissingObject { kind: Kind },
+    #[error("the {kind} lists {count} {what}; at most {max} are read")]
+    TooMany {
+        kind: Kind,
+        what: &'static str,
+        /// How many it lists, counted up to one past `max`.
+        count: String,
+        max: usize,
+    },
 }
+
+/// Images one pod spec may use (containers, init and ephemeral containers, image volumes),
+/// checked before any of them is looked at. Real pods have a few; the apiserver's 3 MiB
+/// request limit allows about 70,000.
+pub const MAX_IMAGE_USES: usize = 2048;
+/// Distinct `imagePullSecrets` names one pod spec may list. Real pods name one or two; a
+/// list of thousands would have pullgate read thousands of Secrets.
+pub const MAX_PULL_SECRETS: usize = 64;
 
 /// The kinds whose pod specs are read, each a stable label for metrics and messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -278,12 +294,22 @@ fn read(
         .ok_or(WorkloadError::MissingObject { kind })?;
     let no_spec = PodSpec::default();
     let spec = object.spec.as_ref().unwrap_or(&no_spec);
+    let old_spec = old.as_deref().and_then(|old| old.spec.as_ref());
+    for counted in std::iter::once(spec).chain(old_spec) {
+        let count = image_use_count(counted);
+        if count > MAX_IMAGE_USES {
+            return Err(WorkloadError::TooMany {
+                kind,
+                what: "images (containers, init containers, ephemeral containers and image volumes)",
+                count: count.to_string(),
+                max: MAX_IMAGE_USES,
+            });
+        }
+    }
 
     // Whatever the old object used was admitted then; checking it again would let a registry
     // outage block unrelated edits (scaling, labels) of running workloads.
-    let admitted: HashSet<String> = old
-        .as_deref()
-        .and_then(|old| old.spec.as_ref())
+    let admitted: HashSet<String> = old_spec
         .map(|old| image_uses(old).into_iter().map(|u| u.image).collect())
         .unwrap_or_default();
     let (skipped, images) = image_uses(spec)
@@ -302,7 +328,12 @@ fn read(
             .unwrap_or_default()
             .to_owned(),
         name: display_name(meta.name.as_deref(), meta.generate_name.as_deref()),
-        pod: pod_facts(spec, kind != Kind::Pod),
+        pod: pod_facts(spec, kind != Kind::Pod).map_err(|count| WorkloadError::TooMany {
+            kind,
+            what: "distinct imagePullSecrets names",
+            count,
+            max: MAX_PULL_SECRETS,
+        })?,
         images,
         skipped,
         placement: Placement::from_spec(spec),
@@ -476,10 +507,27 @@ fn image_uses(spec: &PodSpec) -> Vec<ImageUse> {
         .collect()
 }
 
-fn pod_facts(spec: &PodSpec, is_template: bool) -> PodFacts {
+/// How many images `spec` uses, counted without looking at any of them.
+fn image_use_count(spec: &PodSpec) -> usize {
+    list(&spec.containers).len()
+        + list(&spec.init_containers).len()
+        + list(&spec.ephemeral_containers).len()
+        + list(&spec.volumes)
+            .iter()
+            .filter(|v| v.image.is_some())
+            .count()
+}
+
+/// The pull secrets and service account of `spec`; `Err` with the count ("more than 64")
+/// when it names more than [`MAX_PULL_SECRETS`] distinct secrets.
+fn pod_facts(spec: &PodSpec, is_template: bool) -> Result<PodFacts, String> {
     let mut image_pull_secrets: Vec<String> = Vec::new();
+    let mut seen: HashSet<&str> = HashSet::new();
     for name in list(&spec.image_pull_secrets).iter().flat_map(|s| &s.name) {
-        if !name.is_empty() && !image_pull_secrets.contains(name) {
+        if !name.is_empty() && seen.insert(name) {
+            if image_pull_secrets.len() == MAX_PULL_SECRETS {
+                return Err(format!("more than {MAX_PULL_SECRETS}"));
+            }
             image_pull_secrets.push(name.clone());
         }
     }
@@ -493,11 +541,11 @@ fn pod_facts(spec: &PodSpec, is_template: bool) -> PodFacts {
         .or(spec.service_account.as_ref().filter(non_empty))
         .map_or(DEFAULT_SERVICE_ACCOUNT, String::as_str)
         .to_owned();
-    PodFacts {
+    Ok(PodFacts {
         image_pull_secrets,
         service_account,
         is_template,
-    }
+    })
 }
 
 /// Which values of one node label a pod accepts.
@@ -949,14 +997,59 @@ mod tests {
     #[case::empty(json!({"serviceAccountName": ""}), "default")]
     fn service_account(#[case] mut pod: Value, #[case] expected: &str) {
         pod["containers"] = json!([]);
-        assert_eq!(pod_facts(&spec(pod), false).service_account, expected);
+        assert_eq!(
+            pod_facts(&spec(pod), false).unwrap().service_account,
+            expected
+        );
     }
 
     #[test]
     fn pull_secrets_keep_order_and_drop_empty_and_duplicates() {
         let secrets = json!([{"name": "b"}, {"name": ""}, {"name": "a"}, {"name": "b"}, {}]);
         let s = spec(json!({"containers": [], "imagePullSecrets": secrets}));
-        assert_eq!(pod_facts(&s, true).image_pull_secrets, ["b", "a"]);
+        assert_eq!(pod_facts(&s, true).unwrap().image_pull_secrets, ["b", "a"]);
+    }
+
+    #[test]
+    fn sixty_four_distinct_pull_secrets_are_read_and_more_are_an_error() {
+        let names = |n: usize| -> Value {
+            // Every name twice: duplicates do not count towards the cap.
+            (0..2 * n)
+                .map(|i| json!({"name": format!("s{}", i % n)}))
+                .collect()
+        };
+        let s = spec(json!({"containers": [], "imagePullSecrets": names(MAX_PULL_SECRETS)}));
+        assert_eq!(
+            pod_facts(&s, false).unwrap().image_pull_secrets.len(),
+            MAX_PULL_SECRETS
+        );
+        let s = spec(json!({"containers": [], "imagePullSecrets": names(MAX_PULL_SECRETS + 1)}));
+        assert_eq!(pod_facts(&s, false).unwrap_err(), "more than 64");
+    }
+
+    #[test]
+    fn too_many_images_are_refused_before_any_is_read() {
+        let containers: Vec<Value> = (0..=MAX_IMAGE_USES)
+            .map(|i| json!({"name": format!("c{i}"), "image": format!("r.example/i{i}:1")}))
+            .collect();
+        let req = edited(fixture!("pod-create.json"), |o| {
+            o["spec"]["containers"] = Value::Array(containers);
+            o["spec"]["initContainers"] = json!([]);
+            o["spec"]["volumes"] = json!([]);
+        });
+        let err = from_request(&req).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                WorkloadError::TooMany {
+                    kind: Kind::Pod,
+                    max: MAX_IMAGE_USES,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("lists 2049 images"), "{err}");
     }
 
     const ARCH: &str = "kubernetes.io/arch";

@@ -134,6 +134,11 @@ async fn a_burst_of_identical_reviews_makes_one_probe() {
         Action::Delay(Duration::from_millis(300)),
     ));
     let hook = Webhook::start(test_config(&w.pki), &w.pki).await;
+    // One review of an image not in the burst first: the client then has its HTTP/2
+    // connection, and the burst is 300 streams on it, as the apiserver's would be (a cold
+    // client dials a connection for each request in flight, past the per-source cap).
+    let other = fixture("pod-dry-run.json", "127.0.0.1:1");
+    hook.review(&other).await;
     let review = fixture("deployment.json", &proxy.host());
     let burst = (0..300).map(|_| hook.review(&review));
     let responses = futures_util::future::join_all(burst).await;

@@ -14,6 +14,13 @@ use crate::report::Status;
 use crate::support::{ImageSpec, PolicyProxy};
 
 const HERD: usize = 1_000;
+/// Connection caps above the herd's 1,000 connections from one address.
+const HERD_CONNECTIONS: [&str; 4] = [
+    "--max-connections",
+    "2000",
+    "--max-connections-per-source",
+    "2000",
+];
 const FAN_OUT: usize = 20;
 const FAN_OUT_REPS: usize = 5;
 
@@ -28,7 +35,9 @@ pub async fn herd(ctx: &mut Ctx) -> anyhow::Result<()> {
         .await;
     let proxy = PolicyProxy::start(&ctx.w.pki, &ctx.reg).await;
     let config = write_docker_config(ctx.dir.path(), &[proxy.host()]);
-    let server = Server::start(ctx.dir.path(), &ctx.w.pki, &config, &[]).await?;
+    // The generator opens a connection per review, from one address, as an apiserver with
+    // HTTP/2 turned off would; the caps that bound what one pod may hold are raised for it.
+    let server = Server::start(ctx.dir.path(), &ctx.w.pki, &config, &HERD_CONNECTIONS).await?;
     let target = Target::new(server.addr, ctx.w.pki.client_tls(), "/validate?timeout=10s");
     let image = vec![format!("{}/herd/app:1.0", proxy.host())];
     let bodies: Vec<Bytes> = (0..HERD)
@@ -130,7 +139,7 @@ async fn measure_fan_out(
     prefix: &str,
 ) -> anyhow::Result<FanOut> {
     let config = write_docker_config(ctx.dir.path(), &[host.to_owned()]);
-    let server = Server::start(ctx.dir.path(), &ctx.w.pki, &config, &[]).await?;
+    let server = Server::start(ctx.dir.path(), &ctx.w.pki, &config, &HERD_CONNECTIONS).await?;
     let target = Target::new(server.addr, ctx.w.pki.client_tls(), "/validate?timeout=10s");
     let spec = ImageSpec::new().with_layers(&[128 * 1024, 16 * 1024, 2 * 1024]);
     // A running webhook has talked to the registry before: the connection, its TLS session

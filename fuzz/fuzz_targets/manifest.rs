@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
             ] {
                 let _ = index.select(&Platform::parse(platform).unwrap());
             }
-            let _ = index.offered();
+            let _ = index.offered(12);
         }
         Ok(Document::Image(image)) => assert!(image.layers.len() <= MAX_LAYERS),
         Err(e) => {

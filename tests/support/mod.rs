@@ -8,8 +8,10 @@
 
 mod apiserver;
 mod delay;
+mod hostile;
 mod image;
 mod pki;
+mod process;
 mod proxy;
 mod registry;
 mod server;
@@ -23,9 +25,13 @@ pub use apiserver::*;
 #[allow(unused_imports)]
 pub use delay::*;
 #[allow(unused_imports)]
+pub use hostile::*;
+#[allow(unused_imports)]
 pub use image::*;
 #[allow(unused_imports)]
 pub use pki::*;
+#[allow(unused_imports)]
+pub use process::*;
 #[allow(unused_imports)]
 pub use proxy::*;
 #[allow(unused_imports)]

@@ -124,6 +124,28 @@ impl Pki {
         config
     }
 
+    /// A client configuration that trusts this CA and presents a client certificate it
+    /// signed for `name` (the apiserver's, when a webhook requires one).
+    pub fn client_tls_with_cert(&self, name: &str) -> ClientConfig {
+        let (cert, key) = self.issue_with(&[name], |params| {
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        });
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(self.ca_der.clone())
+            .expect("add CA to root store");
+        let mut config =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default protocol versions")
+                .with_root_certificates(roots)
+                .with_client_auth_cert(vec![cert.der().clone()], key)
+                .expect("client certificate and key match");
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config
+    }
+
     pub fn server_tls(&self, hosts: &[&str]) -> Arc<ServerConfig> {
         let (cert, key) = self.issue_der(hosts);
         server_config(cert, key)

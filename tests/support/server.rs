@@ -17,9 +17,9 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// `127.0.0.1:PORT`, the form image references and `Host` headers use.
+    /// `IP:PORT`, the form image references and `Host` headers use.
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.addr.port())
+        self.addr.to_string()
     }
 
     /// `https://127.0.0.1:PORT`, without a trailing slash.
@@ -43,9 +43,19 @@ impl Drop for TestServer {
 /// Serves `router` over TLS on a fresh 127.0.0.1 port, speaking HTTP/1.1 or HTTP/2 as ALPN
 /// decides (the server config offers both), like real registries and CDNs do.
 pub async fn serve_tls(router: axum::Router, tls: Arc<rustls::ServerConfig>) -> TestServer {
-    let listener = TcpListener::bind("127.0.0.1:0")
+    serve_tls_on("127.0.0.1", router, tls).await
+}
+
+/// [`serve_tls`] on another loopback address (`127.0.0.2`…), which Linux routes to `lo` like
+/// `127.0.0.1`: a second "host" for tests where hosts must differ.
+pub async fn serve_tls_on(
+    ip: &str,
+    router: axum::Router,
+    tls: Arc<rustls::ServerConfig>,
+) -> TestServer {
+    let listener = TcpListener::bind(format!("{ip}:0"))
         .await
-        .expect("bind 127.0.0.1:0");
+        .unwrap_or_else(|e| panic!("bind {ip}:0: {e}"));
     let addr = listener.local_addr().expect("local addr");
     let acceptor = TlsAcceptor::from(tls);
     let task = tokio::spawn(async move {
