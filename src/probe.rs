@@ -367,11 +367,11 @@ async fn run(
             }
         }
     }
-    let pending: Vec<_> = blobs
-        .iter()
-        .map(|(kind, b)| probe_blob(session, *kind, b))
-        .collect();
-    let results: Vec<(BlobReport, Option<Failure>)> = futures_util::stream::iter(pending)
+    // Each probe's future is made when its turn comes: made up front, hundreds of them would
+    // take megabytes while they wait. (By index: a closure taking a reference would need a
+    // future for every lifetime of it.)
+    let results: Vec<(BlobReport, Option<Failure>)> = futures_util::stream::iter(0..blobs.len())
+        .map(|i| probe_blob(session, blobs[i].0, &blobs[i].1))
         .buffered(MAX_PARALLEL_BLOBS)
         .collect()
         .await;
