@@ -3,49 +3,34 @@
 //! challenge, resolves indexes to a platform and probes one byte of every blob.
 //!
 //! # Layout
-//! - [`reference`]: image references, parsed and normalised like the kubelet does.
-//! - [`platform`]: `os/arch[/variant]` and containerd's matching rules.
-//! - [`keyring`]: docker config files and the kubelet's credential matching.
-//! - [`challenge`]: `WWW-Authenticate` parsing.
-//! - [`token`]: the Bearer token flow and its cache.
-//! - [`client`]: the HTTP layer that attaches auth per endpoint and follows redirects safely.
-//! - [`digest`]: content digests, validated before they reach a URL.
-//! - [`manifest`]: manifests, indexes, media types and digests.
-//! - [`verdict`]: verdict classes and how registry answers map onto them.
-//! - [`probe`]: the deep probe that ties these together.
-//! - [`request`], [`workload`], [`podspec`]: what an AdmissionReview asks the nodes to pull.
-//! - [`admission`], [`policy`], [`cache`], [`server`]: the webhook's decision and its serving.
-//! - [`cli`]: the `pullgate` command line.
-//! - [`review`]: `pullgate review`, the webhook's answer for manifests, offline.
+//! The folders follow the data path, and each imports only from the ones listed before it:
+//! - [`oci`]: references, digests, manifests, platforms; pure values, no I/O.
+//! - [`registry`]: HTTP to registries, as a session on an authenticator on a transport; the
+//!   egress guard and the bounds on sockets. Knows nothing of verdicts.
+//! - [`credentials`]: docker configs, the kubelet's keyring, pull secrets.
+//! - [`probe`]: the deep probe, its verdicts, the verdict cache and the blob memory.
+//! - [`policy`]: the policy file, the decision for a workload's findings, its texts.
+//! - [`admission`]: what a review asks the nodes to pull, and the reviewer that answers it.
+//! - [`server`]: the HTTPS and admin listeners, their connections, TLS, the intake of bodies.
+//! - [`cli`]: one file per command.
+//!
+//! Underneath all of them: [`io`] (bounded reads), [`reload`] (values kept in step with
+//! files), [`fds`] (the descriptor budget), [`metrics`] and the keyed fingerprints.
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 pub use server::{Config, Listeners, run};
 
 pub mod admission;
-pub mod cache;
-pub mod challenge;
 pub mod cli;
-pub mod client;
-pub mod connection;
-pub mod digest;
-pub mod egress;
+pub mod credentials;
 pub mod fds;
-pub mod intake;
-pub mod keyring;
-pub mod manifest;
+mod fingerprint;
+pub mod io;
 pub mod metrics;
-pub mod outbound;
-pub mod platform;
-pub mod podspec;
+pub mod oci;
 pub mod policy;
 pub mod probe;
-pub mod pullsecrets;
-pub mod reference;
+pub mod registry;
 pub mod reload;
-pub mod request;
-pub mod review;
 pub mod server;
-pub mod tls;
-pub mod token;
-pub mod verdict;
-pub mod workload;

@@ -30,16 +30,10 @@ async fn main() -> ExitCode {
         // Colour codes are noise in a pod's log or a CI job's output.
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
     }
-    let result = match cli.command {
-        Command::Check(args) => pullgate::cli::check(args)
-            .await
-            .map_err(anyhow::Error::from),
-        Command::Serve(args) => pullgate::cli::serve(args)
-            .await
-            .map_err(anyhow::Error::from),
-        Command::Review(args) => pullgate::review::run(args)
-            .await
-            .map_err(anyhow::Error::from),
+    let result: Result<ExitCode, Box<dyn std::error::Error>> = match cli.command {
+        Command::Check(args) => pullgate::cli::check(args).await.map_err(Into::into),
+        Command::Serve(args) => pullgate::cli::serve(args).await.map_err(Into::into),
+        Command::Review(args) => pullgate::cli::review::run(args).await.map_err(Into::into),
     };
     match result {
         Ok(code) => code,

@@ -15,9 +15,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::client::RequestObserver;
-use crate::verdict::Verdict;
-
 /// The buckets kube-apiserver uses for `apiserver_admission_webhook_admission_duration_seconds`,
 /// so the two can be read side by side.
 const APISERVER_BUCKETS: [f64; 8] = [0.005, 0.025, 0.1, 0.5, 1.0, 2.5, 10.0, 25.0];
@@ -201,16 +198,9 @@ impl Metrics {
     }
 
     /// A connection refused or closed by the server on `listener`.
-    pub(crate) fn connection_closed(
-        &self,
-        listener: &'static str,
-        reason: crate::connection::Closed,
-    ) {
+    pub fn connection_closed(&self, listener: &'static str, reason: &'static str) {
         self.connections_closed
-            .get_or_create(&ClosedLabels {
-                listener,
-                reason: reason.as_str(),
-            })
+            .get_or_create(&ClosedLabels { listener, reason })
             .inc();
     }
 
@@ -231,12 +221,9 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    pub fn probe(&self, verdict: Verdict) {
-        self.probes
-            .get_or_create(&VerdictLabels {
-                verdict: verdict.as_str(),
-            })
-            .inc();
+    /// A probe ran and gave `verdict` (`pullable`, `blocked`…).
+    pub fn probe(&self, verdict: &'static str) {
+        self.probes.get_or_create(&VerdictLabels { verdict }).inc();
     }
 
     pub fn cache_lookup(&self, hit: bool) {
@@ -253,8 +240,9 @@ impl Metrics {
         InFlight(self.probes_in_flight.clone())
     }
 
-    /// An observer for [`crate::client::RegistryClient::with_observer`].
-    pub fn request_observer(self: &Arc<Self>) -> RequestObserver {
+    /// An observer of registry requests (host, and status when one came), for the registry
+    /// client.
+    pub fn request_observer(self: &Arc<Self>) -> RequestCounter {
         let metrics = self.clone();
         Arc::new(move |host: &str, status: Option<u16>| {
             metrics
@@ -276,6 +264,10 @@ impl Metrics {
     }
 }
 
+/// Told about every registry request: the host, and the HTTP status (`None` when no answer
+/// came); the registry client's `RequestObserver`.
+pub type RequestCounter = Arc<dyn Fn(&str, Option<u16>) + Send + Sync>;
+
 /// Decrements the in-flight gauge when dropped, also when a probe is cancelled.
 pub struct InFlight(Gauge);
 
@@ -293,7 +285,7 @@ mod tests {
     fn the_exposition_has_every_family_with_its_labels() {
         let metrics = Arc::new(Metrics::new());
         metrics.review("Deployment", "deny", Duration::from_millis(30));
-        metrics.probe(Verdict::Blocked);
+        metrics.probe("blocked");
         metrics.cache_lookup(true);
         metrics.request_observer()("registry.example.com", Some(206));
         metrics.request_observer()("registry.example.com", None);

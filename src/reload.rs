@@ -1,5 +1,6 @@
-//! Values built from files and rebuilt when the files' content changes: the policy and the
-//! serving certificate.
+//! Values built from files and rebuilt when the files' content changes: the policy, the
+//! serving certificate and the client CA. The reviewer reads the policy in force through it,
+//! so it sits below the admission layer rather than in the server.
 //!
 //! Kubernetes updates a mounted ConfigMap or Secret by swapping the `..data` symlink to a new
 //! directory, not by writing the files, so inotify on the file and the link's own mtime both
@@ -7,23 +8,19 @@
 //! keeps the old one in service.
 
 use std::fmt;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 
+use crate::io::{ReadError, read_file};
+
 /// Why files could not be (re)loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError<E: std::error::Error + 'static> {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} is larger than {limit} bytes")]
-    TooLarge { path: PathBuf, limit: u64 },
+    #[error(transparent)]
+    Read(#[from] ReadError),
     #[error(transparent)]
     Invalid(E),
 }
@@ -50,32 +47,6 @@ impl<T, E: std::error::Error + 'static> fmt::Debug for Reloading<T, E> {
     }
 }
 
-/// Reads `reader` to the end, or `Ok(None)` when it holds more than `limit` bytes. Reading one
-/// byte past the limit tells a too-large input (or an endless device) apart without trusting
-/// a size the file system reports. Every file pullgate reads goes through here.
-pub fn read_limited(reader: impl Read, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
-    let mut bytes = Vec::new();
-    reader.take(limit + 1).read_to_end(&mut bytes)?;
-    Ok((bytes.len() as u64 <= limit).then_some(bytes))
-}
-
-/// Reads `path`, refusing more than `limit` bytes.
-pub fn read_bounded<E: std::error::Error>(
-    path: &Path,
-    limit: u64,
-) -> Result<Vec<u8>, ReloadError<E>> {
-    std::fs::File::open(path)
-        .and_then(|f| read_limited(f, limit))
-        .map_err(|source| ReloadError::Read {
-            path: path.to_owned(),
-            source,
-        })?
-        .ok_or_else(|| ReloadError::TooLarge {
-            path: path.to_owned(),
-            limit,
-        })
-}
-
 fn fingerprint(contents: &[Vec<u8>]) -> [u8; 32] {
     let mut h = Sha256::new();
     for c in contents {
@@ -96,7 +67,7 @@ impl<T: Send + Sync + 'static, E: std::error::Error + Send + Sync + 'static> Rel
     ) -> Result<Self, ReloadError<E>> {
         let contents = files
             .iter()
-            .map(|f| read_bounded(f, max_bytes))
+            .map(|f| read_file(f, max_bytes, what))
             .collect::<Result<Vec<_>, _>>()?;
         let value = parse(&contents).map_err(ReloadError::Invalid)?;
         Ok(Reloading {
@@ -137,7 +108,7 @@ impl<T: Send + Sync + 'static, E: std::error::Error + Send + Sync + 'static> Rel
         let contents = self
             .files
             .iter()
-            .map(|f| read_bounded(f, self.max_bytes))
+            .map(|f| read_file(f, self.max_bytes, self.what))
             .collect::<Result<Vec<_>, _>>()?;
         let now = fingerprint(&contents);
         {
@@ -220,7 +191,7 @@ mod tests {
         std::fs::write(&path, "12345").unwrap();
         let err = Reloading::load("number", vec![path], 4, number).unwrap_err();
         assert!(
-            matches!(err, ReloadError::TooLarge { limit: 4, .. }),
+            matches!(err, ReloadError::Read(ReadError::TooLarge { limit: 4, .. })),
             "{err}"
         );
     }

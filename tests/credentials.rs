@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pullgate::{
-    keyring::{self, Keyring},
+    credentials::{Keyring, docker_config},
+    credentials::{PodCredentials, PullSecretRefs, SecretOptions, SecretStore},
+    oci::reference::ImageRef,
+    probe::Verdict,
     probe::{self, ProbeOptions, Report},
-    pullsecrets::{PodCredentials, PullSecretRefs, SecretOptions, SecretStore},
-    reference::ImageRef,
-    verdict::Verdict,
 };
 use serde_json::json;
 use support::*;
@@ -371,7 +371,7 @@ async fn node_credentials_are_tried_after_the_pods_own() {
     let node_config = json!({"auths": {c.registry.host(): {"auth": base64_encode(&format!("{USER}:{PASSWORD}"))}}});
     let mut node = Keyring::default();
     node.add(
-        &keyring::parse_docker_config(node_config.to_string().as_bytes(), "node config.json")
+        &docker_config::parse_docker_config(node_config.to_string().as_bytes(), "node config.json")
             .unwrap(),
     );
     let store = c.store();
@@ -427,7 +427,6 @@ async fn a_burst_of_reviews_reads_each_object_once() {
     let results = futures_util::future::join_all(burst).await;
     assert!(results.iter().all(|r| r.secrets == ["ns/one", "ns/two"]));
     assert_eq!(c.api.calls().len(), 3, "{:?}", c.api.calls());
-    assert_eq!(store.api_calls(), 3);
     // And the next reviews are served from the cache.
     store.for_pod("ns", &refs).await;
     assert_eq!(c.api.calls().len(), 3);

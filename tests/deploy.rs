@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use clap::{CommandFactory, Parser};
 use kube::core::GroupVersionKind;
+use pullgate::admission::Kind;
 use pullgate::cli::{Cli, Command as PullgateCommand, ServeArgs};
 use pullgate::policy::{DEFAULT_POLICY_YAML, Policy};
+use pullgate::server::CertFiles;
 use pullgate::server::{
     Config, HEALTHZ_PATH, Listeners, METRICS_PATH, PolicySource, READYZ_PATH, TlsSource,
     WEBHOOK_PATH, review_budget,
 };
-use pullgate::tls::CertFiles;
-use pullgate::workload::Kind;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::Value;

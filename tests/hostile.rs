@@ -14,11 +14,11 @@ use axum::body::Body;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use pullgate::{
-    client::{ClientOptions, RegistryClient},
-    egress::EgressPolicy,
+    oci::reference::ImageRef,
+    probe::Verdict,
     probe::{self, ProbeOptions, Report},
-    reference::ImageRef,
-    verdict::Verdict,
+    registry::EgressPolicy,
+    registry::{ClientOptions, RegistryClient},
 };
 use support::*;
 use tokio::net::TcpListener;

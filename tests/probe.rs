@@ -6,12 +6,12 @@ mod support;
 use std::time::{Duration, Instant};
 
 use pullgate::{
-    client::{ClientOptions, RegistryClient},
-    keyring::Credential,
-    platform::Platform,
-    probe::{self, BlobKind, ProbeOptions, Report},
-    reference::ImageRef,
-    verdict::Verdict,
+    oci::platform::Platform,
+    oci::reference::ImageRef,
+    probe::Verdict,
+    probe::{self, BlobKind, BlobMemory, ProbeOptions, Report},
+    registry::Credential,
+    registry::{ClientOptions, RegistryClient},
 };
 use support::*;
 
@@ -22,6 +22,7 @@ fn opts(platforms: &[&str], timeout: Duration) -> ProbeOptions {
             .map(|p| Platform::parse(p).unwrap())
             .collect(),
         timeout,
+        ..ProbeOptions::default()
     }
 }
 
@@ -782,12 +783,20 @@ async fn blobs_that_answered_are_not_asked_again_for_the_same_repository_and_cre
         ("bob", "hunter2"),
     ]));
     let proxy = PolicyProxy::start(&w.pki, &registry).await;
-    let client = RegistryClient::new(ClientOptions {
-        extra_roots: vec![w.pki.ca_der().clone()],
-        blob_ttl: Duration::from_secs(60),
-        ..ClientOptions::default()
-    })
-    .unwrap();
+    let client = w.client();
+    let memory = BlobMemory::new(Duration::from_secs(60), 100_000);
+    let check = |client: &RegistryClient, image: &str, creds: &[Credential]| {
+        let (client, image, creds) = (
+            client.clone(),
+            ImageRef::parse(image).unwrap(),
+            creds.to_vec(),
+        );
+        let options = ProbeOptions {
+            blobs: memory.clone(),
+            ..opts(&["linux/amd64"], Duration::from_secs(10))
+        };
+        async move { probe::probe(&client, &image, &creds, &options).await }
+    };
     let image = format!("{}/team/app:v1", proxy.host());
     let alice = [cred("alice", "s3cret")];
     let first = check(&client, &image, &alice).await;
@@ -814,6 +823,6 @@ async fn blobs_that_answered_are_not_asked_again_for_the_same_repository_and_cre
         Action::denied("quarantined"),
     ));
     let fresh_client = w.client();
-    let refused = check(&fresh_client, &image, &alice).await;
+    let refused = self::check(&fresh_client, &image, &alice).await;
     assert_verdict(&refused, Verdict::Blocked);
 }

@@ -6,8 +6,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use pullgate::server::CertFiles;
 use pullgate::server::{PolicySource, TlsSource};
-use pullgate::tls::CertFiles;
 use serde_json::{Value, json};
 use support::*;
 

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pullgate::challenge::{Challenge, select};
+use pullgate::registry::challenge::{Challenge, select};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -3,8 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pullgate::keyring::{self, Credential, DockerConfig, Keyring, KeyringError};
-use pullgate::reference::ImageRef;
+use pullgate::credentials::{DockerConfig, Keyring, KeyringError, docker_config, lookup_all};
+use pullgate::registry::Credential;
+use pullgate::oci::reference::ImageRef;
 
 fn check_redacted(cred: &Credential) {
     let shown = format!("{cred:?}");
@@ -23,9 +24,9 @@ fuzz_target!(|data: &[u8]| {
         .collect();
 
     let parsed: [Result<DockerConfig, KeyringError>; 3] = [
-        keyring::parse_docker_config(config, "fuzz"),
-        keyring::from_dockerconfigjson(config, "fuzz"),
-        keyring::from_dockercfg(config, "fuzz"),
+        docker_config::parse_docker_config(config, "fuzz"),
+        docker_config::from_dockerconfigjson(config, "fuzz"),
+        docker_config::from_dockercfg(config, "fuzz"),
     ];
     let mut ring = Keyring::default();
     for result in &parsed {
@@ -59,5 +60,5 @@ fuzz_target!(|data: &[u8]| {
             check_redacted(&cred);
         }
     }
-    let _ = keyring::lookup_all(&[&ring, &Keyring::default()], "docker.io/library/nginx");
+    let _ = lookup_all(&[&ring, &Keyring::default()], "docker.io/library/nginx");
 });

@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pullgate::manifest::{self, Document, MAX_INDEX_ENTRIES, MAX_LAYERS};
-use pullgate::platform::Platform;
+use pullgate::oci::manifest::{self, Document, MAX_INDEX_ENTRIES, MAX_LAYERS};
+use pullgate::oci::platform::Platform;
 
 fuzz_target!(|data: &[u8]| {
     let (content_type, body) = match data.iter().position(|&b| b == b'\n') {

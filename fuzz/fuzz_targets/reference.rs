@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pullgate::reference::{ImageRef, ReferenceError};
+use pullgate::oci::reference::{ImageRef, ReferenceError};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(input) = std::str::from_utf8(data) else {

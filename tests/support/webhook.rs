@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use pullgate::server::DevCertificate;
 use pullgate::server::{Config, Listeners, TlsSource};
-use pullgate::tls::DevCertificate;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;

@@ -1,7 +1,7 @@
 //! One test's world: a CA, a storage directory shared by every registry of the test, and an
 //! anonymous registry to push images through.
 
-use pullgate::client::{ClientOptions, RegistryClient};
+use pullgate::registry::{ClientOptions, RegistryClient};
 use tempfile::TempDir;
 
 use super::image::{ImageSpec, PlatformSpec, PushedImage, PushedIndex, push_image, push_index};

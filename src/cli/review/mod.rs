@@ -1,0 +1,185 @@
+//! `pullgate review`: the webhook's answer for manifests before `kubectl apply`, offline from a
+//! cluster, for CI pipelines.
+//!
+//! Input files hold AdmissionReviews, decided exactly as the webhook decides them, or plain
+//! manifests, each reviewed as a CREATE of its kind. Both come in YAML or JSON, one or many
+//! documents, `kind: List` included. All input is read and checked before the first probe, so
+//! a document that cannot be read fails the run (exit 2) without a single registry request.
+//!
+//! There is no API server, so pull secrets and ServiceAccounts cannot be read: only the node
+//! credentials of `--docker-config` are used, and the user is told so when it matters.
+
+mod input;
+mod output;
+#[cfg(test)]
+mod tests;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use futures_util::future::join_all;
+
+pub use input::{DocumentError, MAX_INPUT_BYTES, STDIN};
+
+use super::registry::{RegistryArgs, SetupError, load_keyring};
+use crate::admission::{Outcome, Reviewer, ReviewerConfig};
+use crate::io::ReadError;
+use crate::metrics::Metrics;
+use crate::policy::{Policy, PolicyError};
+use crate::probe::cache::CacheOptions;
+use crate::registry::RegistryClient;
+use crate::reload::Reloading;
+use input::{Target, read_files};
+use output::{Reviewed, printable, qualified, write_text};
+
+/// Flags of `pullgate review`; every one has an environment variable.
+#[derive(Debug, Args)]
+pub struct ReviewArgs {
+    /// Manifests or AdmissionReviews to review: YAML or JSON, one or many documents
+    /// (`---`), `kind: List` included; `-` reads standard input. Repeatable.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        alias = "file",
+        value_name = "FILE",
+        required = true,
+        value_delimiter = ',',
+        env = "PULLGATE_REVIEW_FILES"
+    )]
+    pub files: Vec<PathBuf>,
+    /// Namespace of manifests whose metadata names none (as `kubectl apply -n`).
+    #[arg(
+        short = 'n',
+        long,
+        value_name = "NAMESPACE",
+        default_value = "default",
+        env = "PULLGATE_NAMESPACE"
+    )]
+    pub namespace: String,
+    /// Policy file (YAML). Without it, the embedded default policy.
+    #[arg(long, value_name = "FILE", env = "PULLGATE_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, env = "PULLGATE_JSON")]
+    pub json: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Deadline for each workload's review (e.g. 10s, 1m); an image not probed by then gets
+    /// the policy's action for `unavailable`.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = humantime::parse_duration, env = "PULLGATE_TIMEOUT")]
+    pub timeout: Duration,
+}
+
+/// Why `pullgate review` could not review its input; every one is exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("{file} is not UTF-8 text: {source}")]
+    NotText {
+        file: String,
+        #[source]
+        source: std::str::Utf8Error,
+    },
+    /// `document` counts from 1 and leaves out empty documents, as the YAML parser does.
+    #[error("{file}: document {document}: {source}")]
+    Document {
+        file: String,
+        document: usize,
+        #[source]
+        source: DocumentError,
+    },
+    #[error("standard input (-f -) can be read only once")]
+    StdinTwice,
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// The decision for one entry, within `budget`.
+async fn decide(
+    reviewer: &Reviewer,
+    policy: &Policy,
+    target: &Target,
+    budget: Duration,
+) -> Outcome {
+    match target {
+        Target::Manifest(workload) => reviewer.decide_workload(workload, policy, budget).await,
+        Target::Review(request) => reviewer.decide(request, policy, budget).await,
+    }
+}
+
+/// Runs `pullgate review`: exit 0 when every workload is admitted (warnings included), 1 when
+/// any is refused; errors are exit 2.
+pub async fn run(args: ReviewArgs) -> Result<ExitCode, ReviewError> {
+    let policy = match &args.policy {
+        Some(path) => Policy::load(path)?,
+        None => Policy::default(),
+    };
+    let input = read_files(&args.files, &args.namespace)?;
+    let policy = Arc::new(Reloading::fixed("policy", policy));
+    let reviewer = Reviewer::new(ReviewerConfig {
+        registry: RegistryClient::new(args.registry.client_options()?).map_err(SetupError::from)?,
+        secrets: None,
+        node: Arc::new(load_keyring(&args.registry.docker_configs)?),
+        cache: CacheOptions::default(),
+        policy: policy.clone(),
+        metrics: Arc::new(Metrics::new()),
+        probe_timeout: args.timeout,
+    });
+    let policy = policy.current();
+
+    for skipped in &input.skipped {
+        eprintln!(
+            "pullgate: {}: skipped {} {} ({}): not a kind pullgate reviews",
+            skipped.origin,
+            printable(&skipped.kind),
+            printable(&qualified("", &skipped.name)),
+            printable(&skipped.api_version),
+        );
+    }
+    if input.entries.iter().any(|e| e.subject.names_pull_secrets) {
+        eprintln!(
+            "pullgate: imagePullSecrets cannot be read without a cluster: only --docker-config \
+             credentials are used, so the cluster's answer may differ"
+        );
+    }
+    if input.entries.is_empty() {
+        eprintln!("pullgate: no workloads to review");
+    }
+
+    let outcomes = join_all(
+        input
+            .entries
+            .iter()
+            .map(|entry| decide(&reviewer, &policy, &entry.target, args.timeout)),
+    )
+    .await;
+    let reviewed: Vec<Reviewed> = input
+        .entries
+        .into_iter()
+        .zip(outcomes)
+        .map(|(entry, outcome)| Reviewed::new(entry, outcome))
+        .collect();
+
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &reviewed).map_err(std::io::Error::other)?;
+        writeln!(out)?;
+    } else {
+        write_text(&mut out, &reviewed)?;
+    }
+    out.flush()?;
+    Ok(if reviewed.iter().all(|r| r.allowed) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,380 @@
+//! `pullgate serve`: the webhook's flags (each with an environment variable), turned once into
+//! the server's typed configuration, and the process around the server (the open-files limit,
+//! the listeners, SIGTERM).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use tokio::net::TcpListener;
+
+use super::CliError;
+use super::registry::{RegistryArgs, load_keyring};
+use crate::credentials::SecretOptions;
+use crate::fds::FdBudget;
+use crate::probe::cache::CacheOptions;
+use crate::registry::{ClientOptions, EgressPolicy, OutboundLimits};
+use crate::server::{
+    CertFiles, Config, ConnectionLimits, DevCertificate, Listeners, PolicySource, TlsSource,
+};
+
+/// Flags of `pullgate serve`; every one has an environment variable.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the HTTPS webhook endpoint.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8443",
+        env = "PULLGATE_LISTEN"
+    )]
+    pub listen: SocketAddr,
+    /// Address of the plain-HTTP admin endpoint (/healthz, /readyz, /metrics).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8080",
+        env = "PULLGATE_ADMIN_LISTEN"
+    )]
+    pub admin_listen: SocketAddr,
+    /// Serving certificate (PEM chain), re-read when it changes. Without it, a development
+    /// certificate is generated.
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "PULLGATE_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of the serving certificate (PEM).
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "PULLGATE_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Names and addresses the development certificate is valid for.
+    #[arg(
+        long = "dev-host",
+        value_name = "HOST",
+        default_values = ["localhost", "127.0.0.1", "::1"],
+        env = "PULLGATE_DEV_HOSTS",
+        value_delimiter = ','
+    )]
+    pub dev_hosts: Vec<String>,
+    /// Where the development CA is written, for `curl --cacert`.
+    #[arg(long, value_name = "FILE", env = "PULLGATE_DEV_CA_OUT")]
+    pub dev_ca_out: Option<PathBuf>,
+    /// Policy file (YAML), re-read when it changes. Without it, the embedded default policy.
+    #[arg(long, value_name = "FILE", env = "PULLGATE_POLICY")]
+    pub policy: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Turn the egress (SSRF) guard off: connect to any address, loopback and link-local
+    /// (cloud metadata) included.
+    #[arg(long, env = "PULLGATE_NO_EGRESS_GUARD")]
+    pub no_egress_guard: bool,
+    /// Addresses the egress guard allows although its rules refuse them (CIDR, repeatable),
+    /// e.g. a registry reached through a node-local proxy on 127.0.0.1/32.
+    #[arg(
+        long = "egress-allow",
+        value_name = "CIDR",
+        env = "PULLGATE_EGRESS_ALLOW",
+        value_delimiter = ','
+    )]
+    pub egress_allow: Vec<ipnet::IpNet>,
+    /// Addresses the egress guard refuses besides loopback, link-local and unspecified (CIDR,
+    /// repeatable), e.g. the node network.
+    #[arg(
+        long = "egress-deny",
+        value_name = "CIDR",
+        env = "PULLGATE_EGRESS_DENY",
+        value_delimiter = ','
+    )]
+    pub egress_deny: Vec<ipnet::IpNet>,
+    /// Probes running at once against one registry host.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 32,
+        env = "PULLGATE_PROBES_PER_HOST"
+    )]
+    pub probes_per_host: usize,
+    /// Do not read pull secrets from the Kubernetes API (probe with node credentials only).
+    #[arg(long, env = "PULLGATE_NO_KUBE")]
+    pub no_kube: bool,
+    /// Most time one review may take; keep it below the webhook's timeoutSeconds.
+    #[arg(long, value_name = "DUR", default_value = "8s", value_parser = humantime::parse_duration, env = "PULLGATE_REVIEW_BUDGET")]
+    pub review_budget: Duration,
+    /// Most time one probe may take; it goes on after its review answered, to fill the cache.
+    #[arg(long, value_name = "DUR", default_value = "20s", value_parser = humantime::parse_duration, env = "PULLGATE_PROBE_TIMEOUT")]
+    pub probe_timeout: Duration,
+    /// How long a read pull secret or ServiceAccount is reused: the delay before a changed
+    /// secret applies.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = humantime::parse_duration, env = "PULLGATE_SECRET_TTL")]
+    pub secret_ttl: Duration,
+    /// How long a pullable tag stays cached.
+    #[arg(long, value_name = "DUR", default_value = "10m", value_parser = humantime::parse_duration, env = "PULLGATE_PULLABLE_TTL")]
+    pub pullable_ttl: Duration,
+    /// How long a pullable digest reference stays cached.
+    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = humantime::parse_duration, env = "PULLGATE_DIGEST_TTL")]
+    pub digest_ttl: Duration,
+    /// How long blocked, not_found, unauthorized and invalid verdicts stay cached.
+    #[arg(long, value_name = "DUR", default_value = "1m", value_parser = humantime::parse_duration, env = "PULLGATE_REFUSAL_TTL")]
+    pub refusal_ttl: Duration,
+    /// How long an unavailable verdict stays cached (0s: only concurrent reviews share it).
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = humantime::parse_duration, env = "PULLGATE_UNAVAILABLE_TTL")]
+    pub unavailable_ttl: Duration,
+    /// Verdicts kept at most.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 100_000,
+        env = "PULLGATE_CACHE_ENTRIES"
+    )]
+    pub cache_entries: u64,
+    /// Memory the verdict cache may take (e.g. 64MiB), whatever the verdicts' texts; the cache
+    /// holds at most this and at most --cache-entries.
+    #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = parse_bytes, env = "PULLGATE_CACHE_BYTES")]
+    pub cache_bytes: u64,
+    /// Connections the webhook port keeps open at once; at the cap the oldest idle one is
+    /// closed for a new one. Lowered to fit the open-files limit.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 512,
+        env = "PULLGATE_MAX_CONNECTIONS"
+    )]
+    pub max_connections: usize,
+    /// Connections one source address may keep open on the webhook port.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 256,
+        env = "PULLGATE_MAX_CONNECTIONS_PER_SOURCE"
+    )]
+    pub max_connections_per_source: usize,
+    /// Most time a client may take to finish the TLS handshake.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = humantime::parse_duration, env = "PULLGATE_TLS_HANDSHAKE_TIMEOUT")]
+    pub tls_handshake_timeout: Duration,
+    /// Most time from the handshake to the first request's headers, and for any request's
+    /// headers.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = humantime::parse_duration, env = "PULLGATE_REQUEST_HEADER_TIMEOUT")]
+    pub request_header_timeout: Duration,
+    /// How long a connection stays open with no request after answering one (HTTP/1.1 and
+    /// HTTP/2).
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = humantime::parse_duration, env = "PULLGATE_IDLE_TIMEOUT")]
+    pub idle_timeout: Duration,
+    /// Connections to registries, token endpoints and blob hosts at once, in total; lowered
+    /// to fit the open-files limit.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 128,
+        env = "PULLGATE_MAX_REGISTRY_CONNECTIONS"
+    )]
+    pub max_registry_connections: usize,
+    /// Connections to one registry host at once (all its ports together).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 32,
+        env = "PULLGATE_MAX_REGISTRY_CONNECTIONS_PER_HOST"
+    )]
+    pub max_registry_connections_per_host: usize,
+    /// Require a client certificate signed by a CA in this PEM bundle on the webhook port (the
+    /// apiserver presents one when its AdmissionConfiguration names a kubeconfig for the
+    /// webhook); re-read when it changes.
+    #[arg(long, value_name = "PEM", env = "PULLGATE_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// How often the policy and certificate files are checked for changes.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = humantime::parse_duration, env = "PULLGATE_RELOAD_INTERVAL")]
+    pub reload_interval: Duration,
+    /// After SIGTERM, how long to keep serving while not ready.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = humantime::parse_duration, env = "PULLGATE_SHUTDOWN_DELAY")]
+    pub shutdown_delay: Duration,
+}
+
+/// The server configuration for `args`: the typed, validated form of the flags. The
+/// connection caps are lowered to fit the process's open-files limit.
+pub async fn serve_config(args: ServeArgs) -> Result<Config, CliError> {
+    let defaults = Config::default();
+    let budget = FdBudget::split(
+        crate::fds::limit(),
+        args.max_connections,
+        ConnectionLimits::admin().max_connections,
+        args.max_registry_connections,
+    );
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => TlsSource::Files(CertFiles { cert, key }),
+        _ => {
+            let dev = DevCertificate::generate(&args.dev_hosts)?;
+            let out = args
+                .dev_ca_out
+                .unwrap_or_else(|| std::env::temp_dir().join("pullgate-dev-ca.pem"));
+            std::fs::write(&out, &dev.ca_pem)?;
+            let hosts = args.dev_hosts.join(", ");
+            let ca = out.display();
+            eprintln!(
+                "pullgate: no --tls-cert given: serving a development certificate for {hosts}.\n\
+                 Its CA is in {ca} (curl --cacert {ca} ...):\n{}",
+                dev.ca_pem
+            );
+            TlsSource::Development(dev)
+        }
+    };
+    let kube = if args.no_kube {
+        None
+    } else {
+        match kube::Client::try_default().await {
+            Ok(client) => Some(client),
+            Err(e) => {
+                tracing::warn!(error = %e, "no Kubernetes API: pull secrets will not be read");
+                None
+            }
+        }
+    };
+    Ok(Config {
+        tls,
+        policy: args
+            .policy
+            .map_or(PolicySource::Embedded, PolicySource::File),
+        review_budget: args.review_budget,
+        probe_timeout: args.probe_timeout,
+        registry: ClientOptions {
+            egress: EgressPolicy {
+                enabled: !args.no_egress_guard,
+                allow: args.egress_allow,
+                deny: args.egress_deny,
+            },
+            probes_per_host: args.probes_per_host,
+            outbound: OutboundLimits {
+                max_connections: budget.outbound_connections,
+                max_connections_per_host: args.max_registry_connections_per_host,
+                fd_ceiling: budget.outbound_ceiling,
+                ..OutboundLimits::default()
+            },
+            ..args.registry.client_options()?
+        },
+        cache: CacheOptions {
+            pullable_ttl: args.pullable_ttl,
+            digest_pullable_ttl: args.digest_ttl,
+            refusal_ttl: args.refusal_ttl,
+            unavailable_ttl: args.unavailable_ttl,
+            max_entries: args.cache_entries,
+            max_bytes: args.cache_bytes,
+        },
+        secrets: SecretOptions {
+            ttl: args.secret_ttl,
+            ..SecretOptions::default()
+        },
+        kube,
+        node_keyring: load_keyring(&args.registry.docker_configs)?,
+        reload_interval: args.reload_interval,
+        shutdown_delay: args.shutdown_delay,
+        connections: ConnectionLimits {
+            max_connections: budget.webhook_connections,
+            max_per_source: args.max_connections_per_source,
+            handshake_timeout: args.tls_handshake_timeout,
+            request_header_timeout: args.request_header_timeout,
+            idle_timeout: args.idle_timeout,
+        },
+        admin_connections: ConnectionLimits {
+            max_connections: budget.admin_connections,
+            ..ConnectionLimits::admin()
+        },
+        client_ca: args.client_ca,
+        ..defaults
+    })
+}
+
+/// A size in bytes: a number, optionally followed by KiB, MiB or GiB (or K, M, G, the same).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 64MiB)"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?} (KiB, MiB or GiB)")),
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// Runs `pullgate serve` until SIGTERM or Ctrl-C.
+pub async fn serve(args: Box<ServeArgs>) -> Result<ExitCode, CliError> {
+    let (listen, admin_listen) = (args.listen, args.admin_listen);
+    // As Go's runtime does: a server has every descriptor the hard limit allows.
+    let limit = crate::fds::raise_limit();
+    let config = serve_config(*args).await?;
+    tracing::info!(
+        open_files_limit = limit,
+        webhook_connections = config.connections.max_connections,
+        registry_connections = config.registry.outbound.max_connections,
+        "connection caps"
+    );
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| CliError::Bind { addr, source: e })
+    };
+    let listeners = Listeners {
+        webhook: bind(listen).await?,
+        admin: bind(admin_listen).await?,
+    };
+    // The bound addresses: with port 0, the ports the system chose.
+    let shown = |l: &TcpListener, asked: SocketAddr| l.local_addr().unwrap_or(asked);
+    eprintln!(
+        "pullgate: webhook on https://{}/validate, admin on http://{}/",
+        shown(&listeners.webhook, listen),
+        shown(&listeners.admin, admin_listen)
+    );
+    crate::run(config, listeners, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM (what the kubelet sends) or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("512K"), Ok(512 << 10));
+        assert_eq!(parse_bytes("1 GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert!(parse_bytes("64MB").is_err());
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("99999999999999GiB").is_err());
+    }
+}

@@ -1,0 +1,169 @@
+//! The policy's words: the deny message, the warnings and the audit annotation, each bounded
+//! (Kubernetes truncates warnings longer than 256 characters and caps their total, and deny
+//! messages end up in events and terminals), with control characters from registries removed.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::{Action, DecisionKind, Finding};
+use crate::oci::digest::Digest;
+use crate::probe::Verdict;
+
+const PREFIX: &str = "pullgate: ";
+
+/// The apiserver may truncate longer warnings.
+pub(super) const MAX_WARNING_CHARS: usize = 256;
+
+/// The apiserver caps all warnings at 4096 characters; past this many, the rest are counted.
+pub(super) const MAX_WARNINGS: usize = 12;
+
+/// Images listed in a deny message; the rest are counted.
+const MAX_LISTED: usize = 20;
+
+/// Longest line about one image in a deny message.
+pub(super) const MAX_LINE_CHARS: usize = 512;
+
+/// An image or container name longer than this is shown cut, in deny lines and warnings.
+const MAX_NAME_CHARS: usize = 160;
+
+/// Entries in the `images` audit annotation, and the longest text in one.
+const MAX_AUDIT_IMAGES: usize = 20;
+
+const MAX_AUDIT_CHARS: usize = 256;
+
+pub(super) fn deny_message(denied: &[&Finding], total: usize) -> String {
+    let mut message = format!(
+        "{PREFIX}{} of {} cannot be pulled:",
+        denied.len(),
+        count(total, "image")
+    );
+    for finding in denied.iter().take(MAX_LISTED) {
+        message.push_str("\n- ");
+        message.push_str(&shorten(describe(finding), MAX_LINE_CHARS));
+    }
+    if denied.len() > MAX_LISTED {
+        let _ = write!(message, "\n- and {} more", denied.len() - MAX_LISTED);
+    }
+    message
+}
+
+pub(super) fn warnings(warned: &[&Finding]) -> Vec<String> {
+    let mut lines: Vec<String> = warned
+        .iter()
+        .take(MAX_WARNINGS)
+        .map(|f| shorten(format!("{PREFIX}{}", describe(f)), MAX_WARNING_CHARS))
+        .collect();
+    if warned.len() > MAX_WARNINGS {
+        let more = count(warned.len() - MAX_WARNINGS, "more image");
+        lines.push(format!("{PREFIX}{more} with problems not listed"));
+    }
+    lines
+}
+
+/// One line a user can act on: where the image is used, what is wrong with it, and the
+/// registry's own words last, so that shortening the line shortens those first.
+fn describe(finding: &Finding) -> String {
+    // A hostile image string (up to the request size) must not push the verdict and the
+    // reason off the line.
+    let mut line = format!(
+        "{} {:?}: image {:?} {}",
+        finding.location,
+        shorten(finding.container.clone(), MAX_NAME_CHARS),
+        shorten(finding.image.clone(), MAX_NAME_CHARS),
+        phrase(finding.verdict)
+    );
+    let detail = detail(finding);
+    if !detail.is_empty() {
+        line.push_str(": ");
+        line.push_str(&detail);
+    }
+    line
+}
+
+fn phrase(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Pullable => "is pullable",
+        Verdict::Blocked => "is blocked by the registry",
+        Verdict::Unauthorized => "is unauthorized (check imagePullSecrets)",
+        Verdict::NotFound => "was not found",
+        Verdict::Invalid => "is invalid",
+        Verdict::Unavailable => "could not be checked (registry unavailable)",
+    }
+}
+
+/// The reason, with the failing blob and the registry's message added when it lacks them
+/// (the probe's reasons usually carry both).
+pub(super) fn detail(finding: &Finding) -> String {
+    let reason = clean(finding.reason.trim());
+    let mut parts = Vec::new();
+    if let Some(blob) = finding.failed_blob.as_ref().map(Digest::short)
+        && !reason.contains(&blob)
+    {
+        parts.push(format!("blob {blob}"));
+    }
+    let registry = finding.registry_message.as_deref().map(clean);
+    let registry = registry.filter(|m| !m.is_empty() && !reason.contains(m.as_str()));
+    if !reason.is_empty() {
+        parts.push(reason);
+    }
+    parts.extend(registry);
+    parts.join(": ")
+}
+
+#[derive(Serialize)]
+struct AuditImage {
+    image: String,
+    container: String,
+    verdict: Verdict,
+    action: Action,
+}
+
+pub(super) fn audit(kind: DecisionKind, judged: &[(&Finding, Action)]) -> BTreeMap<String, String> {
+    let mut audit = BTreeMap::from([("decision".to_owned(), kind.as_str().to_owned())]);
+    if judged.is_empty() {
+        return audit;
+    }
+    let images: Vec<AuditImage> = judged
+        .iter()
+        .take(MAX_AUDIT_IMAGES)
+        .map(|(f, action)| AuditImage {
+            image: shorten(f.reference.clone(), MAX_AUDIT_CHARS),
+            container: shorten(f.container.clone(), MAX_AUDIT_CHARS),
+            verdict: f.verdict,
+            action: *action,
+        })
+        .collect();
+    // Serialising strings and unit enums cannot fail; an empty annotation would be harmless.
+    audit.insert(
+        "images".to_owned(),
+        serde_json::to_string(&images).unwrap_or_default(),
+    );
+    if judged.len() > MAX_AUDIT_IMAGES {
+        let omitted = judged.len() - MAX_AUDIT_IMAGES;
+        audit.insert("images_omitted".to_owned(), omitted.to_string());
+    }
+    audit
+}
+
+fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
+/// Registry text on one line: a warning with a control character is dropped by the apiserver.
+fn clean(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// `text` cut to at most `max` characters, ending in an ellipsis when cut.
+fn shorten(text: String, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text;
+    }
+    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}

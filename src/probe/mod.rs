@@ -1,0 +1,297 @@
+//! The deep probe: is this image really pullable? GET the manifest (answering every
+//! endpoint's challenge), resolve an index to each requested platform's manifest, and GET one
+//! byte of the config and of every layer. A refusal anywhere decides the verdict, and the
+//! registry's own words travel with it.
+
+mod blobs;
+pub mod cache;
+mod resolve;
+pub mod verdict;
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+pub use blobs::BlobMemory;
+pub use verdict::Verdict;
+
+use crate::oci::digest::Digest;
+use crate::oci::platform::Platform;
+use crate::oci::reference::{ImageRef, ReferenceError};
+use crate::registry::{Credential, RegistryClient, RegistryMessage};
+use resolve::run;
+use verdict::Failure;
+
+/// Blob probes of one image running at once. Real images have a handful to a few dozen
+/// layers, all probed in one round; a manifest listing hundreds cannot open hundreds of
+/// connections.
+pub const MAX_PARALLEL_BLOBS: usize = 16;
+
+/// Platforms an index is said to offer, by name, when none matches; the rest are counted.
+pub const MAX_PLATFORMS_NAMED: usize = 12;
+
+/// What to check an image for.
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    /// Every platform the workload could run on; each must be pullable.
+    pub platforms: Vec<Platform>,
+    /// Deadline for the whole probe, all credentials included.
+    pub timeout: Duration,
+    /// Blobs that answered recently, shared with other probes; off by default.
+    pub blobs: BlobMemory,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        ProbeOptions {
+            platforms: vec![Platform::linux_amd64()],
+            timeout: Duration::from_secs(10),
+            blobs: BlobMemory::off(),
+        }
+    }
+}
+
+/// The outcome for one image.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// The normalised reference that was probed.
+    pub reference: String,
+    pub verdict: Verdict,
+    /// One sentence a user can act on.
+    pub reason: String,
+    /// The registry's error code and message, when it sent one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistryMessage>,
+    /// Digest of the manifest (or index) the reference resolved to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    pub platforms: Vec<PlatformReport>,
+    pub blobs: Vec<BlobReport>,
+    /// The blob whose refusal decided the verdict.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_blob: Option<Digest>,
+    /// Where the credential of the reported attempt came from (never the secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// Credentials tried, in the kubelet's order (1 for an anonymous probe).
+    pub attempts: u32,
+    /// HTTP requests made, over all attempts.
+    pub requests: u32,
+    pub elapsed_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PlatformReport {
+    pub platform: Platform,
+    /// The image manifest this platform resolves to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
+    pub verdict: Verdict,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlobKind {
+    Config,
+    Layer,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BlobReport {
+    pub digest: Digest,
+    pub kind: BlobKind,
+    pub size: u64,
+    /// HTTP status of the final answer (after redirects), when there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    pub verdict: Verdict,
+    /// Foreign layers (with `urls`) are not served by the registry and are not probed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
+    /// Served to this repository and credential recently; not asked again.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Probes `image` with the credentials that apply to it, in the kubelet's order: the first
+/// credential that pulls decides; with none, the probe is anonymous. Never fails: every
+/// problem is a verdict.
+pub async fn probe(
+    client: &RegistryClient,
+    image: &ImageRef,
+    credentials: &[Credential],
+    options: &ProbeOptions,
+) -> Report {
+    let started = Instant::now();
+    let deadline = started + options.timeout;
+    let attempts: Vec<Option<&Credential>> = if credentials.is_empty() {
+        vec![None]
+    } else {
+        credentials.iter().map(Some).collect()
+    };
+    // Waiting for a turn counts against the deadline like any other wait.
+    let Ok(_turn) = tokio::time::timeout_at(deadline.into(), client.host_turn(image)).await else {
+        return unfinished(&image.to_string(), options.timeout);
+    };
+    let mut best: Option<Report> = None;
+    let mut requests = 0;
+    let mut tried = 0;
+    for credential in attempts {
+        tried += 1;
+        // Boxed: the task of a probe still waiting for its host's turn then holds a few hundred
+        // bytes, not the tens of kilobytes of a running probe's state; a burst of reviews for
+        // one registry queues hundreds of them.
+        let report = Box::pin(probe_once(client, image, credential, options, deadline)).await;
+        requests += report.requests;
+        let done = report.verdict == Verdict::Pullable || Instant::now() >= deadline;
+        if best.as_ref().is_none_or(|b| {
+            report.verdict == Verdict::Pullable || report.verdict.severity() > b.verdict.severity()
+        }) {
+            best = Some(report);
+        }
+        if done {
+            break;
+        }
+    }
+    let mut report = best.expect("at least one attempt is made");
+    report.attempts = tried;
+    report.requests = requests;
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    tracing::debug!(
+        image = %report.reference,
+        verdict = %report.verdict,
+        requests = report.requests,
+        elapsed_ms = report.elapsed_ms,
+        "probed image"
+    );
+    report
+}
+
+/// One attempt with one credential (or none).
+async fn probe_once(
+    client: &RegistryClient,
+    image: &ImageRef,
+    credential: Option<&Credential>,
+    options: &ProbeOptions,
+    deadline: Instant,
+) -> Report {
+    let started = Instant::now();
+    let session = client.session(image, credential, deadline);
+    let mut report = Report::new(image.to_string(), Verdict::Pullable, String::new());
+    report.credential = credential.map(|c| c.source().to_owned());
+    report.attempts = 1;
+    let outcome = tokio::time::timeout_at(
+        deadline.into(),
+        run(
+            &session,
+            image,
+            &options.platforms,
+            &options.blobs,
+            &mut report,
+        ),
+    )
+    .await;
+    let failure = match outcome {
+        Ok(result) => result.err(),
+        Err(_) => Some(Failure::new(
+            Verdict::Unavailable,
+            format!(
+                "the registry did not answer within the deadline of {}",
+                humantime::format_duration(options.timeout)
+            ),
+        )),
+    };
+    if let Some(f) = failure {
+        report.verdict = f.verdict;
+        report.reason = f.reason;
+        report.registry = f.registry;
+        report.failed_blob = f.blob;
+    } else {
+        report.reason = match report.platforms.len() {
+            1 => format!(
+                "manifest, config and {} layer(s) are served",
+                report.blobs.len().saturating_sub(1)
+            ),
+            n => format!("pullable on all {n} platforms: every manifest and blob is served"),
+        };
+    }
+    report.requests = session.requests();
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    report
+}
+
+/// The report for a reference that does not parse: `invalid`, decided without network I/O.
+pub fn invalid_reference(input: &str, error: &ReferenceError) -> Report {
+    failed(input, Verdict::Invalid, error.to_string())
+}
+
+/// The report for an image whose probe did not finish before the review had to answer.
+pub fn unfinished(reference: &str, waited: Duration) -> Report {
+    failed(
+        reference,
+        Verdict::Unavailable,
+        format!(
+            "the probe did not finish within the review's deadline of {}",
+            humantime::format_duration(waited)
+        ),
+    )
+}
+
+/// The report for an image not probed because `limit` probes are in flight already.
+pub fn overloaded(reference: &str, limit: usize) -> Report {
+    failed(
+        reference,
+        Verdict::Unavailable,
+        format!("not probed: pullgate is running its limit of {limit} probes at once"),
+    )
+}
+
+/// The report for an image the policy exempts: not probed.
+pub fn exempt(reference: &str) -> Report {
+    failed(
+        reference,
+        Verdict::Pullable,
+        "exempt by policy: not probed".to_owned(),
+    )
+}
+
+/// The report for a probe that failed inside pullgate itself.
+pub fn internal_error(problem: &str) -> Report {
+    failed(
+        "",
+        Verdict::Unavailable,
+        format!("internal error: {problem}"),
+    )
+}
+
+/// A report decided without a probe.
+fn failed(reference: &str, verdict: Verdict, reason: String) -> Report {
+    Report::new(reference.chars().take(256).collect(), verdict, reason)
+}
+
+impl Report {
+    /// A report of `verdict` for `reference`, with nothing learnt yet.
+    fn new(reference: String, verdict: Verdict, reason: String) -> Report {
+        Report {
+            reference,
+            verdict,
+            reason,
+            registry: None,
+            digest: None,
+            media_type: None,
+            platforms: Vec::new(),
+            blobs: Vec::new(),
+            failed_blob: None,
+            credential: None,
+            attempts: 0,
+            requests: 0,
+            elapsed_ms: 0,
+        }
+    }
+}

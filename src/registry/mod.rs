@@ -1,0 +1,28 @@
+//! HTTP to registries, in layers as go-containerregistry's `remote/transport` has them: the
+//! [`Session`] of one image (OCI requests, redirects, the credential kept to its origin) on
+//! the authenticator (challenges and tokens) on the transport (the wire, the egress guard,
+//! back-offs, connection slots). Also the caches of challenges and tokens and the bounds on
+//! sockets. It knows nothing of verdicts.
+
+mod auth;
+pub mod challenge;
+mod client;
+mod credential;
+pub mod egress;
+mod error;
+mod message;
+mod options;
+mod session;
+mod slots;
+pub mod token;
+mod transport;
+
+pub use client::RegistryClient;
+pub use credential::{Credential, CredentialId};
+pub use egress::EgressPolicy;
+pub use error::{FetchError, MAX_REDIRECTS, display_url};
+pub use message::RegistryMessage;
+pub use options::{ClientError, ClientOptions};
+pub use session::Session;
+pub use slots::{OutOfDescriptors, OutboundLimits};
+pub use transport::{Body, MAX_ERROR_BODY, Reply, RequestObserver};
