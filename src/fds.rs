@@ -10,16 +10,16 @@ use std::time::Instant;
 /// Descriptors kept for what is neither a connection nor a registry socket: the listeners,
 /// the runtime's epoll and wakers, standard streams, files read on reload, the Kubernetes
 /// client's connection.
-pub const RESERVED_FDS: u64 = 64;
+pub(crate) const RESERVED_FDS: u64 = 64;
 
 /// Idle pooled registry connections, over every origin, that the descriptor ceiling leaves
 /// room for. Pools are per origin and a hostile registry can be many origins, so past this
 /// the pool is renewed (its idle connections closed) and new connections wait.
-pub const IDLE_REGISTRY_CONNECTIONS: u64 = 512;
+pub(crate) const IDLE_REGISTRY_CONNECTIONS: u64 = 512;
 
 /// Raises the soft limit on open files to the hard limit and returns the soft limit in force
 /// afterwards (`None` where there is no such limit). A limit that cannot be raised is kept.
-pub fn raise_limit() -> Option<u64> {
+pub(crate) fn raise_limit() -> Option<u64> {
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!(error = %e, "cannot raise the open-files limit");
     }
@@ -27,7 +27,7 @@ pub fn raise_limit() -> Option<u64> {
 }
 
 /// The soft limit on open files, `None` where the platform has none.
-pub fn limit() -> Option<u64> {
+pub(crate) fn limit() -> Option<u64> {
     if !rlimit::Resource::NOFILE.is_supported() {
         return None;
     }
@@ -42,7 +42,7 @@ pub fn limit() -> Option<u64> {
 /// cap, each the configured value or less, so that together with [`RESERVED_FDS`] they stay
 /// under the process's limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FdBudget {
+pub(crate) struct FdBudget {
     pub webhook_connections: usize,
     pub admin_connections: usize,
     pub outbound_connections: usize,
@@ -57,7 +57,7 @@ impl FdBudget {
     /// limit is large enough; otherwise the webhook and the registry sockets get three eighths
     /// each of what is left after the reserve and the admin port, and the last quarter stays
     /// for idle pooled registry connections.
-    pub fn split(limit: Option<u64>, webhook: usize, admin: usize, outbound: usize) -> Self {
+    pub(crate) fn split(limit: Option<u64>, webhook: usize, admin: usize, outbound: usize) -> Self {
         let Some(limit) = limit else {
             let all = (webhook + admin + outbound) as u64;
             return FdBudget {
@@ -90,7 +90,7 @@ fn to_usize(n: u64) -> usize {
 
 /// The number of descriptors this process has open, `None` where it cannot be read (only
 /// Linux's `/proc/self/fd` is read). Costs a directory listing: use [`OpenFds`] on hot paths.
-pub fn open_now() -> Option<u64> {
+pub(crate) fn open_now() -> Option<u64> {
     let entries = std::fs::read_dir("/proc/self/fd").ok()?;
     // The listing's own descriptor is among the entries.
     Some((entries.count() as u64).saturating_sub(1))
@@ -98,7 +98,7 @@ pub fn open_now() -> Option<u64> {
 
 /// [`open_now`], read at most once every few milliseconds however often it is asked.
 #[derive(Debug)]
-pub struct OpenFds {
+pub(crate) struct OpenFds {
     epoch: Instant,
     /// When the count was last read, in milliseconds since `epoch` (`u64::MAX`: never).
     read_at: AtomicU64,
@@ -121,7 +121,7 @@ impl Default for OpenFds {
 
 impl OpenFds {
     /// The open descriptors, at most [`FRESH_MS`] old; `None` where they cannot be counted.
-    pub fn get(&self) -> Option<u64> {
+    pub(crate) fn get(&self) -> Option<u64> {
         let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
         let read_at = self.read_at.load(Ordering::Relaxed);
         if read_at != u64::MAX && now.saturating_sub(read_at) < FRESH_MS {

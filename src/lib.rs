@@ -15,7 +15,7 @@
 //! - [`cli`]: one file per command.
 //!
 //! Underneath all of them: [`io`] (bounded reads), [`reload`] (values kept in step with
-//! files), [`fds`] (the descriptor budget), [`metrics`] and the keyed fingerprints.
+//! files), `fds` (the descriptor budget), [`metrics`] and the keyed fingerprints.
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
@@ -24,7 +24,7 @@ pub use server::{Config, Listeners, run};
 pub mod admission;
 pub mod cli;
 pub mod credentials;
-pub mod fds;
+mod fds;
 mod fingerprint;
 pub mod io;
 pub mod metrics;

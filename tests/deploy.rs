@@ -283,7 +283,7 @@ fn the_policy_configmap_is_the_default_policy_mounted_where_pullgate_reads_it() 
     assert_eq!(parsed, Policy::default());
     assert!(
         text == DEFAULT_POLICY_YAML,
-        "deploy/base/configmap.yaml must carry src/default-policy.yaml verbatim (indented by 4)"
+        "deploy/base/configmap.yaml must carry src/policy/default-policy.yaml verbatim (indented by 4)"
     );
 }
 

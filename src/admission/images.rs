@@ -12,8 +12,8 @@ use crate::oci::digest::Digest;
 use crate::oci::platform::Platform;
 use crate::oci::reference::{ImageRef, ReferenceError};
 use crate::policy::{Finding, Policy};
-use crate::probe::cache::{Answer, ProbeKey};
 use crate::probe::{self, ProbeOptions, Report, Verdict};
+use crate::probe::{Answer, ProbeKey};
 use crate::registry::Credential;
 
 impl Reviewer {

@@ -14,7 +14,7 @@ use super::CliError;
 use super::registry::{RegistryArgs, load_keyring};
 use crate::credentials::SecretOptions;
 use crate::fds::FdBudget;
-use crate::probe::cache::CacheOptions;
+use crate::probe::CacheOptions;
 use crate::registry::{ClientOptions, EgressPolicy, OutboundLimits};
 use crate::server::{
     CertFiles, Config, ConnectionLimits, DevCertificate, Listeners, PolicySource, TlsSource,

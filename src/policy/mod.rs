@@ -182,7 +182,7 @@ pub enum PolicyError {
 }
 
 /// A validated policy. Build it with [`Policy::load`], [`Policy::from_yaml`] or
-/// [`Policy::default`]; the YAML schema is documented in `src/default-policy.yaml`
+/// [`Policy::default`]; the YAML schema is documented in `src/policy/default-policy.yaml`
 /// ([`DEFAULT_POLICY_YAML`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {

@@ -73,7 +73,7 @@ impl CacheOptions {
 
 /// What a verdict depends on.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ProbeKey {
+pub(crate) struct ProbeKey {
     /// The normalised reference.
     pub reference: String,
     pub platforms: Vec<Platform>,
@@ -113,7 +113,7 @@ impl ProbeKey {
 /// reason, the failed blob and the registry's message. The rest of the report (blobs,
 /// platforms, counters) is for `pullgate check`, which does not go through the cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Answer {
+pub(crate) struct Answer {
     /// The reason, then the failed blob, then the registry's message unless the reason
     /// already quotes it (the probe's reasons usually do); `None` when all three are empty,
     /// as for every pullable image.
@@ -132,10 +132,10 @@ const MAX_TEXT: usize = 2 * 1024;
 
 /// What an entry costs besides its text: moka's bookkeeping, the key and the entry itself,
 /// as measured with 100,000 entries (BENCHMARKS.md: about 315 bytes an entry).
-pub const ENTRY_BYTES: u64 = 320;
+pub(super) const ENTRY_BYTES: u64 = 320;
 
 impl Answer {
-    pub fn new(
+    pub(crate) fn new(
         verdict: Verdict,
         reason: &str,
         failed_blob: Option<&str>,
@@ -167,7 +167,7 @@ impl Answer {
     }
 
     /// The part of `report` a review reads.
-    pub fn of(report: &Report) -> Self {
+    pub(crate) fn of(report: &Report) -> Self {
         let blob = report.failed_blob.as_ref().map(ToString::to_string);
         let registry = report.registry.as_ref().map(ToString::to_string);
         Answer::new(
@@ -178,7 +178,7 @@ impl Answer {
         )
     }
 
-    pub fn verdict(&self) -> Verdict {
+    pub(crate) fn verdict(&self) -> Verdict {
         self.verdict
     }
 
@@ -192,18 +192,18 @@ impl Answer {
     }
 
     /// One sentence a user can act on.
-    pub fn reason(&self) -> &str {
+    pub(crate) fn reason(&self) -> &str {
         &self.text()[..usize::from(self.reason_end)]
     }
 
     /// The blob whose refusal decided the verdict.
-    pub fn failed_blob(&self) -> Option<&str> {
+    pub(crate) fn failed_blob(&self) -> Option<&str> {
         let blob = &self.text()[usize::from(self.reason_end)..usize::from(self.blob_end)];
         (!blob.is_empty()).then_some(blob)
     }
 
     /// The registry's code and message (`DENIED: …`), when it sent one.
-    pub fn registry_message(&self) -> Option<&str> {
+    pub(crate) fn registry_message(&self) -> Option<&str> {
         let (from, to) = self.registry;
         (from <= to).then(|| &self.text()[usize::from(from)..usize::from(to)])
     }
@@ -274,7 +274,7 @@ impl Texts {
 
 /// A cached (or freshly probed) answer.
 #[derive(Clone, Debug)]
-pub struct Cached {
+pub(crate) struct Cached {
     pub answer: Answer,
     /// Answered from the cache, or by joining a probe another review started.
     pub hit: bool,
@@ -294,7 +294,7 @@ struct Entry {
 
 /// Verdicts by [`ProbeKey`], with per-verdict lifetimes and merged concurrent probes.
 #[derive(Clone)]
-pub struct VerdictCache {
+pub(crate) struct VerdictCache {
     cache: Cache<KeyId, Entry>,
     options: Arc<CacheOptions>,
     /// When the cache was made; deadlines count from here.
@@ -305,7 +305,7 @@ pub struct VerdictCache {
 }
 
 impl VerdictCache {
-    pub fn new(options: CacheOptions) -> Self {
+    pub(crate) fn new(options: CacheOptions) -> Self {
         // Each entry weighs at least the bytes budget divided by the entry cap, so that the one
         // weighted capacity bounds both; an entry with a long text weighs its text too.
         let floor = (options.max_bytes / options.max_entries.max(1)).max(ENTRY_BYTES);
@@ -329,18 +329,18 @@ impl VerdictCache {
     }
 
     /// Entries held, expired ones not yet swept included.
-    pub fn entry_count(&self) -> u64 {
+    pub(crate) fn entry_count(&self) -> u64 {
         self.cache.entry_count()
     }
 
     /// The entries' weight: an estimate of the bytes they hold.
-    pub fn weighted_size(&self) -> u64 {
+    pub(crate) fn weighted_size(&self) -> u64 {
         self.cache.weighted_size()
     }
 
     /// Removes every expired entry, so what they held is freed rather than only hidden from
     /// lookups; returns how many went.
-    pub async fn sweep_expired(&self) -> usize {
+    pub(crate) async fn sweep_expired(&self) -> usize {
         let now = self.now();
         let stale: Vec<KeyId> = self
             .cache
@@ -382,7 +382,7 @@ impl VerdictCache {
     }
 
     /// Sweeps expired entries regularly until `stop` resolves.
-    pub async fn sweep_expired_until(self, stop: impl Future<Output = ()>) {
+    pub(crate) async fn sweep_expired_until(self, stop: impl Future<Output = ()>) {
         let mut tick = tokio::time::interval(self.sweep_interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(stop);
@@ -404,7 +404,7 @@ impl VerdictCache {
     ///
     /// The probe runs in its own task: a review that stops waiting at its deadline does not
     /// cancel it, so the answer still lands in the cache for the next review.
-    pub async fn get_or_probe<P, F>(&self, key: ProbeKey, probe: P) -> Cached
+    pub(crate) async fn get_or_probe<P, F>(&self, key: ProbeKey, probe: P) -> Cached
     where
         P: FnOnce() -> F,
         F: Future<Output = Report> + Send + 'static,

@@ -4,16 +4,18 @@
 //! registry's own words travel with it.
 
 mod blobs;
-pub mod cache;
+mod cache;
 mod resolve;
-pub mod verdict;
+mod verdict;
 
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 pub use blobs::BlobMemory;
-pub use verdict::Verdict;
+pub use cache::CacheOptions;
+pub(crate) use cache::{Answer, ProbeKey, VerdictCache};
+pub use verdict::{Verdict, classify_status, verdict_of};
 
 use crate::oci::digest::Digest;
 use crate::oci::platform::Platform;

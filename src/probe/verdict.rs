@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde::Serialize;
 
 use crate::oci::digest::Digest;
-use crate::registry::token::TokenError;
+use crate::registry::TokenError;
 use crate::registry::{FetchError, RegistryMessage};
 
 /// Whether an image can be pulled, and if not, whose problem it is.

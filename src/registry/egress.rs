@@ -88,12 +88,12 @@ fn built_in(ip: IpAddr) -> Option<&'static str> {
 /// A DNS resolver that drops the addresses the policy refuses, so no connection is ever
 /// opened to them; when nothing is left, the lookup fails with [`Refused`].
 #[derive(Clone, Debug)]
-pub struct GuardedResolver {
+pub(super) struct GuardedResolver {
     policy: Arc<EgressPolicy>,
 }
 
 impl GuardedResolver {
-    pub fn new(policy: Arc<EgressPolicy>) -> Self {
+    pub(super) fn new(policy: Arc<EgressPolicy>) -> Self {
         GuardedResolver { policy }
     }
 }

@@ -14,21 +14,21 @@ use serde::Deserialize;
 use super::{CredentialId, RegistryMessage};
 
 /// Token responses are small JSON documents: a JWT with its claims is one to a few KiB.
-pub const MAX_TOKEN_BODY: usize = 64 * 1024;
+pub(super) const MAX_TOKEN_BODY: usize = 64 * 1024;
 
 /// Tokens longer than this are used for the request that fetched them but not kept: a token
 /// of tens of KiB is suspicious, and a cache of them would be a memory leak a registry controls.
-pub const MAX_CACHED_TOKEN: usize = 8 * 1024;
+pub(super) const MAX_CACHED_TOKEN: usize = 8 * 1024;
 
 /// The token cache's size, in bytes of keys and tokens.
-pub const CACHE_BYTES: u64 = 8 * 1024 * 1024;
+pub(super) const CACHE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// The token spec's default when `expires_in` is missing.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(60);
 
 /// What identifies a token: who asked, for what, from whom.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct TokenKey {
+pub(super) struct TokenKey {
     pub realm: String,
     pub service: Option<String>,
     pub scopes: Vec<String>,
@@ -37,17 +37,17 @@ pub struct TokenKey {
 
 /// A registry token. Its value never appears in `Debug` output.
 #[derive(Clone)]
-pub struct Token {
+pub(super) struct Token {
     value: Arc<str>,
     lifetime: Duration,
 }
 
 impl Token {
-    pub fn value(&self) -> &str {
+    pub(super) fn value(&self) -> &str {
         &self.value
     }
 
-    pub fn lifetime(&self) -> Duration {
+    pub(super) fn lifetime(&self) -> Duration {
         self.lifetime
     }
 }
@@ -101,7 +101,7 @@ struct TokenResponse {
 
 /// Parses a token endpoint's JSON answer. `access_token` wins over `token` when both are
 /// present, as containerd and the distribution client do.
-pub fn parse_token_response(realm: &str, body: &[u8]) -> Result<Token, TokenError> {
+pub(super) fn parse_token_response(realm: &str, body: &[u8]) -> Result<Token, TokenError> {
     let r: TokenResponse = serde_json::from_slice(body).map_err(|e| TokenError::Malformed {
         realm: realm.to_owned(),
         reason: e.to_string(),
@@ -157,13 +157,13 @@ impl TokenKey {
 /// Tokens by key, with single-flight fetching: concurrent probes that need the same token
 /// make one request to the realm.
 #[derive(Clone)]
-pub struct TokenCache {
+pub(super) struct TokenCache {
     cache: Cache<TokenKey, Token>,
 }
 
 impl TokenCache {
     /// A cache holding at most `bytes` of keys and tokens.
-    pub fn new(bytes: u64) -> Self {
+    pub(super) fn new(bytes: u64) -> Self {
         TokenCache {
             cache: Cache::builder()
                 .max_capacity(bytes)
@@ -181,7 +181,7 @@ impl TokenCache {
     }
 
     /// The cached token, or the one `fetch` returns (shared with concurrent callers).
-    pub async fn get_or_fetch<F>(
+    pub(super) async fn get_or_fetch<F>(
         &self,
         key: TokenKey,
         fetch: F,
@@ -198,7 +198,7 @@ impl TokenCache {
             .map(|t| (t, false))
     }
 
-    pub async fn invalidate(&self, key: &TokenKey) {
+    pub(super) async fn invalidate(&self, key: &TokenKey) {
         self.cache.invalidate(key).await;
     }
 }

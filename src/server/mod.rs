@@ -26,7 +26,7 @@ use crate::admission::{Reviewer, ReviewerConfig};
 use crate::credentials::{Keyring, SecretOptions, SecretStore};
 use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyError};
-use crate::probe::cache::CacheOptions;
+use crate::probe::CacheOptions;
 use crate::registry::{ClientError, ClientOptions, RegistryClient};
 use crate::reload::{ReloadError, Reloading};
 use intake::Intake;

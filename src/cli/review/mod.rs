@@ -30,7 +30,7 @@ use crate::admission::{Outcome, Reviewer, ReviewerConfig};
 use crate::io::ReadError;
 use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyError};
-use crate::probe::cache::CacheOptions;
+use crate::probe::CacheOptions;
 use crate::registry::RegistryClient;
 use crate::reload::Reloading;
 use input::{Target, read_files};
