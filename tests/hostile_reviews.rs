@@ -89,27 +89,7 @@ fn pod_review(uid: &str, images: &[String]) -> Value {
             json!({"name": format!("c{i}"), "image": image, "imagePullPolicy": "Always"})
         })
         .collect();
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "name": "hostile",
-            "namespace": "shop",
-            "operation": "CREATE",
-            "userInfo": {"username": "mallory", "groups": ["system:authenticated"]},
-            "object": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": "hostile", "namespace": "shop"},
-                "spec": {"containers": containers}
-            },
-            "oldObject": null,
-            "dryRun": false
-        }
-    })
+    pod_review_with_spec(uid, json!({"containers": containers}))
 }
 
 /// The server for one test, with the default configuration and no registry behind it.

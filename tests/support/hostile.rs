@@ -23,29 +23,34 @@ use tokio_rustls::client::TlsStream;
 use super::pki::Pki;
 use super::server::{TestServer, serve_tls_on};
 
-/// A CREATE review of a Pod in `shop` with `spec` as its spec.
-pub fn pod_with_spec(uid: &str, spec: Value) -> Vec<u8> {
-    serde_json::to_vec(&json!({
+/// A CREATE review of a Pod `hostile` in `shop`, made by user `mallory`, with `spec`.
+pub fn pod_review_with_spec(uid: &str, spec: Value) -> Value {
+    json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
         "request": {
             "uid": uid,
             "kind": {"group": "", "version": "v1", "kind": "Pod"},
             "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "name": "p",
+            "name": "hostile",
             "namespace": "shop",
             "operation": "CREATE",
-            "userInfo": {"username": "mallory"},
+            "userInfo": {"username": "mallory", "groups": ["system:authenticated"]},
             "object": {
                 "apiVersion": "v1",
                 "kind": "Pod",
-                "metadata": {"name": "p", "namespace": "shop"},
+                "metadata": {"name": "hostile", "namespace": "shop"},
                 "spec": spec
             },
+            "oldObject": null,
             "dryRun": false
         }
-    }))
-    .unwrap()
+    })
+}
+
+/// [`pod_review_with_spec`], as the bytes of a body.
+pub fn pod_with_spec(uid: &str, spec: Value) -> Vec<u8> {
+    serde_json::to_vec(&pod_review_with_spec(uid, spec)).unwrap()
 }
 
 /// A pod spec whose containers use `images`.

@@ -110,18 +110,23 @@ impl Pki {
 
     /// Trusts only this CA, so a test that accidentally talks to something else fails loudly.
     pub fn client_tls(&self) -> ClientConfig {
+        let mut config = self.client_builder().with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config
+    }
+
+    /// A client configuration trusting only this CA, before its client authentication.
+    fn client_builder(
+        &self,
+    ) -> rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert> {
         let mut roots = RootCertStore::empty();
         roots
             .add(self.ca_der.clone())
             .expect("add CA to root store");
-        let mut config =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("ring supports the default protocol versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        config
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_root_certificates(roots)
     }
 
     /// A client configuration that trusts this CA and presents a client certificate it
@@ -131,17 +136,10 @@ impl Pki {
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         });
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(self.ca_der.clone())
-            .expect("add CA to root store");
-        let mut config =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("ring supports the default protocol versions")
-                .with_root_certificates(roots)
-                .with_client_auth_cert(vec![cert.der().clone()], key)
-                .expect("client certificate and key match");
+        let mut config = self
+            .client_builder()
+            .with_client_auth_cert(vec![cert.der().clone()], key)
+            .expect("client certificate and key match");
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         config
     }
