@@ -8,7 +8,7 @@
 
 use base64::Engine as _;
 use reqwest::{
-    Response, StatusCode,
+    Method, Response, StatusCode,
     header::{self, HeaderMap, HeaderValue},
 };
 use url::Url;
@@ -73,11 +73,12 @@ pub(super) struct Authenticator<'a> {
 }
 
 impl<'a> Authenticator<'a> {
-    /// GETs `url`, answering its challenge: with the credential when `with_credential` (the
+    /// Sends `method` to `url`, answering its challenge: with the credential when `with_credential` (the
     /// registry's own origin), anonymously otherwise. A challenge already known for the origin
     /// is answered up front, which saves a round trip.
     pub(super) async fn send(
         &self,
+        method: &Method,
         url: &Url,
         headers: &HeaderMap,
         with_credential: bool,
@@ -90,7 +91,7 @@ impl<'a> Authenticator<'a> {
         };
         let resp = self
             .transport
-            .send(url, headers, auth.as_ref(), self.exchange)
+            .send(method, url, headers, auth.as_ref(), self.exchange)
             .await?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
@@ -114,7 +115,7 @@ impl<'a> Authenticator<'a> {
                     None => {
                         return self
                             .transport
-                            .send(url, headers, auth.as_ref(), self.exchange)
+                            .send(method, url, headers, auth.as_ref(), self.exchange)
                             .await;
                     }
                 }
@@ -142,7 +143,7 @@ impl<'a> Authenticator<'a> {
                 Some(resp) => Ok(resp),
                 None => {
                     self.transport
-                        .send(url, headers, auth.as_ref(), self.exchange)
+                        .send(method, url, headers, auth.as_ref(), self.exchange)
                         .await
                 }
             };
@@ -150,7 +151,7 @@ impl<'a> Authenticator<'a> {
         drop(kept);
         let (auth, _) = self.authorize(url, &challenge, credential).await?;
         self.transport
-            .send(url, headers, auth.as_ref(), self.exchange)
+            .send(method, url, headers, auth.as_ref(), self.exchange)
             .await
     }
 
@@ -160,7 +161,7 @@ impl<'a> Authenticator<'a> {
         let ping = url.join("/v2/").expect("absolute path joins");
         let resp = self
             .transport
-            .send(&ping, &HeaderMap::new(), None, self.exchange)
+            .send(&Method::GET, &ping, &HeaderMap::new(), None, self.exchange)
             .await?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(None);
@@ -279,7 +280,7 @@ impl<'a> Authenticator<'a> {
         let auth = credential.map(basic_header);
         let mut resp = self
             .transport
-            .send(&url, &headers, auth.as_ref(), self.exchange)
+            .send(&Method::GET, &url, &headers, auth.as_ref(), self.exchange)
             .await
             .map_err(|e| match e {
                 FetchError::Timeout { .. } => TokenError::Timeout {

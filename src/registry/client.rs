@@ -102,6 +102,8 @@ impl RegistryClient {
             credential: credential.filter(|c| !c.is_anonymous()),
             deadline,
             requests: AtomicU32::new(0),
+            manifest_gets: AtomicU32::new(0),
+            manifest_heads: AtomicU32::new(0),
         }
     }
 }

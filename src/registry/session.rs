@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use reqwest::{
-    StatusCode,
+    Method, StatusCode,
     header::{self, HeaderMap, HeaderValue},
 };
 use url::Url;
@@ -28,12 +28,24 @@ pub struct Session<'a> {
     pub(super) credential: Option<&'a Credential>,
     pub(super) deadline: Instant,
     pub(super) requests: AtomicU32,
+    pub(super) manifest_gets: AtomicU32,
+    pub(super) manifest_heads: AtomicU32,
 }
 
 impl Session<'_> {
     /// HTTP requests made so far (token requests and redirect hops included).
     pub fn requests(&self) -> u32 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Manifest GETs asked for so far; a GET answered after an auth challenge counts once.
+    pub fn manifest_gets(&self) -> u32 {
+        self.manifest_gets.load(Ordering::Relaxed)
+    }
+
+    /// Manifest HEADs asked for so far, counted like [`Session::manifest_gets`].
+    pub fn manifest_heads(&self) -> u32 {
+        self.manifest_heads.load(Ordering::Relaxed)
     }
 
     /// The registry's `host[:port]`, the repository and the credential: whose answers these
@@ -48,7 +60,18 @@ impl Session<'_> {
         let mut headers = HeaderMap::new();
         headers.insert(header::ACCEPT, HeaderValue::from_static(manifest::ACCEPT));
         let path = format!("v2/{}/manifests/{reference}", self.repository);
-        self.get(&path, &headers).await
+        self.manifest_gets.fetch_add(1, Ordering::Relaxed);
+        self.send(&Method::GET, &path, &headers).await
+    }
+
+    /// HEADs the manifest `reference` names: its digest (`Docker-Content-Digest`), media type
+    /// and status without its body. Docker Hub does not count a HEAD as a pull.
+    pub async fn manifest_head(&self, reference: &str) -> Result<Reply<'_>, FetchError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::from_static(manifest::ACCEPT));
+        let path = format!("v2/{}/manifests/{reference}", self.repository);
+        self.manifest_heads.fetch_add(1, Ordering::Relaxed);
+        self.send(&Method::HEAD, &path, &headers).await
     }
 
     /// GETs the first byte of the blob `digest` (`Range: bytes=0-0`).
@@ -56,7 +79,7 @@ impl Session<'_> {
         let mut headers = HeaderMap::new();
         headers.insert(header::RANGE, HeaderValue::from_static("bytes=0-0"));
         let path = format!("v2/{}/blobs/{digest}", self.repository);
-        self.get(&path, &headers).await
+        self.send(&Method::GET, &path, &headers).await
     }
 
     fn url(&self, path: &str) -> Url {
@@ -65,9 +88,14 @@ impl Session<'_> {
             .expect("registry paths are relative URL paths")
     }
 
-    /// GET `path` on the registry, answering auth challenges and following redirects. The
-    /// credential is only ever sent to the registry's own origin.
-    async fn get(&self, path: &str, headers: &HeaderMap) -> Result<Reply<'_>, FetchError> {
+    /// Sends `method` to `path` on the registry, answering auth challenges and following
+    /// redirects. The credential is only ever sent to the registry's own origin.
+    async fn send(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<Reply<'_>, FetchError> {
         let auth = Authenticator {
             transport: &self.shared.transport,
             challenges: &self.shared.challenges,
@@ -82,7 +110,7 @@ impl Session<'_> {
         let registry = origin(&self.base);
         let mut url = self.url(path);
         for _ in 0..=MAX_REDIRECTS {
-            let resp = auth.send(&url, headers, origin(&url) == registry).await?;
+            let resp = auth.send(method, &url, headers, origin(&url) == registry).await?;
             if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
                 return Ok(resp);
             }

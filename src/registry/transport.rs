@@ -1,4 +1,4 @@
-//! The bottom layer: one GET, as it goes on the wire. It refuses what the egress guard or a
+//! The bottom layer: one request (GET or HEAD), as it goes on the wire. It refuses what the egress guard or a
 //! host's 429 back-off forbids before a byte is sent, takes a connection slot, sends with the
 //! exchange's timeout, notes the answer's protocol and any back-off, and hands back the answer
 //! with its slot ([`Reply`]), whose body is read within a bound of bytes and of the memory
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use reqwest::{
-    Response, StatusCode,
+    Method, Response, StatusCode,
     header::{self, HeaderMap, HeaderValue},
 };
 use tokio::sync::OwnedSemaphorePermit;
@@ -149,9 +149,11 @@ impl Transport {
             .clone()
     }
 
-    /// GETs `url` with `headers` and, when given, `auth` as its `Authorization`.
+    /// Sends `method` (GET or HEAD) to `url` with `headers` and, when given, `auth` as its
+    /// `Authorization`.
     pub(super) async fn send(
         &self,
+        method: &Method,
         url: &Url,
         headers: &HeaderMap,
         auth: Option<&HeaderValue>,
@@ -174,7 +176,7 @@ impl Transport {
         let timeout = remaining.min(self.options.request_timeout);
         let mut req = self
             .http()
-            .get(url.clone())
+            .request(method.clone(), url.clone())
             .headers(headers.clone())
             .timeout(timeout);
         if let Some(auth) = auth {
