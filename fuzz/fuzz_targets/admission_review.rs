@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pullgate::oci::reference::ImageRef;
 use pullgate::admission::{request, workload};
+use pullgate::oci::reference::ImageRef;
 
 fuzz_target!(|data: &[u8]| {
     let request = match request::parse(data) {

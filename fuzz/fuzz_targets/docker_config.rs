@@ -4,8 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use pullgate::credentials::{DockerConfig, Keyring, KeyringError, docker_config, lookup_all};
-use pullgate::registry::Credential;
 use pullgate::oci::reference::ImageRef;
+use pullgate::registry::Credential;
 
 fn check_redacted(cred: &Credential) {
     let shown = format!("{cred:?}");

@@ -5,8 +5,8 @@
 use kube::core::GroupVersionKind;
 use kube::core::admission::Operation;
 use libfuzzer_sys::fuzz_target;
-use pullgate::oci::platform::Platform;
 use pullgate::admission::workload::{self, RequestParts};
+use pullgate::oci::platform::Platform;
 use serde_json::Value;
 use serde_json::value::{RawValue, to_raw_value};
 
