@@ -42,6 +42,11 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegistryLabels {
+    registry: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheLabels {
     result: &'static str,
 }
@@ -83,6 +88,13 @@ pub struct Metrics {
     connections_closed: Family<ClosedLabels, Counter>,
     cache_entries: Gauge,
     cache_bytes: Gauge,
+    pulls: Family<RegistryLabels, Counter>,
+    pulls_remaining: Family<RegistryLabels, Gauge>,
+    pulls_limit: Family<RegistryLabels, Gauge>,
+    /// The metered registries given a label of their own, first come first served.
+    registries: Mutex<HashSet<String>>,
+    store_documents: Gauge,
+    store_bytes: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -160,8 +172,44 @@ impl Metrics {
             "Estimated bytes held by the verdict cache",
             cache_bytes.clone(),
         );
+        let pulls = Family::<RegistryLabels, Counter>::default();
+        registry.register(
+            "registry_pulls",
+            "Pulls spent on metered registries (Docker Hub), as they count them: a manifest GET, an index and its first child together one; by registry",
+            pulls.clone(),
+        );
+        let pulls_remaining = Family::<RegistryLabels, Gauge>::default();
+        registry.register(
+            "registry_pulls_remaining",
+            "Pulls left in the window on metered registries, as their last answer said less those spent since; the least over credentials, by registry",
+            pulls_remaining.clone(),
+        );
+        let pulls_limit = Family::<RegistryLabels, Gauge>::default();
+        registry.register(
+            "registry_pulls_limit",
+            "Pulls allowed in a window on metered registries (ratelimit-limit), for the budget in pullgate_registry_pulls_remaining, by registry",
+            pulls_limit.clone(),
+        );
+        let store_documents = Gauge::default();
+        registry.register(
+            "manifest_store_documents",
+            "Manifests and indexes of metered registries kept by digest",
+            store_documents.clone(),
+        );
+        let store_bytes = Gauge::default();
+        registry.register(
+            "manifest_store_bytes",
+            "Estimated bytes held by the manifest store, tags included",
+            store_bytes.clone(),
+        );
         Metrics {
             registry,
+            pulls,
+            pulls_remaining,
+            pulls_limit,
+            registries: Mutex::default(),
+            store_documents,
+            store_bytes,
             reviews,
             review_seconds,
             probes,
@@ -179,15 +227,40 @@ impl Metrics {
     /// The `host` label for `host`: itself while fewer than [`MAX_HOST_LABELS`] hosts have a
     /// label, [`OTHER_HOSTS`] after that.
     fn host_label(&self, host: &str) -> String {
-        let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
-        if hosts.contains(host) {
-            return host.to_owned();
+        bounded_label(&self.hosts, host)
+    }
+
+    /// Pulls spent on the metered registry `registry`.
+    pub fn pulls(&self, registry: &str, pulls: u32) {
+        self.pulls
+            .get_or_create(&RegistryLabels {
+                registry: bounded_label(&self.registries, registry),
+            })
+            .inc_by(u64::from(pulls));
+    }
+
+    /// What is left of each metered registry's pulls (registry, left, limit), set before each
+    /// scrape.
+    pub fn pull_budgets(&self, budgets: &[(String, u32, u32)]) {
+        for (registry, left, limit) in budgets {
+            let labels = RegistryLabels {
+                registry: bounded_label(&self.registries, registry),
+            };
+            self.pulls_remaining
+                .get_or_create(&labels)
+                .set(i64::from(*left));
+            self.pulls_limit
+                .get_or_create(&labels)
+                .set(i64::from(*limit));
         }
-        if hosts.len() < MAX_HOST_LABELS {
-            hosts.insert(host.to_owned());
-            return host.to_owned();
-        }
-        OTHER_HOSTS.to_owned()
+    }
+
+    /// The manifest store's size, set before each scrape.
+    pub fn manifest_store(&self, documents: u64, bytes: u64) {
+        self.store_documents
+            .set(i64::try_from(documents).unwrap_or(i64::MAX));
+        self.store_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// The number of connections open on `listener`.
@@ -262,6 +335,20 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// `value` itself while fewer than [`MAX_HOST_LABELS`] values have a label in `given`,
+/// [`OTHER_HOSTS`] after that.
+fn bounded_label(given: &Mutex<HashSet<String>>, value: &str) -> String {
+    let mut given = given.lock().unwrap_or_else(PoisonError::into_inner);
+    if given.contains(value) {
+        return value.to_owned();
+    }
+    if given.len() < MAX_HOST_LABELS {
+        given.insert(value.to_owned());
+        return value.to_owned();
+    }
+    OTHER_HOSTS.to_owned()
 }
 
 /// Told about every registry request: the host, and the HTTP status (`None` when no answer

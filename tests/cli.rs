@@ -88,6 +88,13 @@ async fn check_follows_the_kubelet_keyring_and_reports_json() {
     assert_eq!(r["blobs"].as_array().unwrap().len(), 4);
     assert!(r["digest"].as_str().unwrap().starts_with("sha256:"));
     assert!(r["requests"].as_u64().unwrap() >= 5);
+    // One manifest GET per credential tried; not metered, so no pulls are reported.
+    assert_eq!(r["manifest_gets"], 2);
+    assert_eq!(r["manifest_heads"], 0);
+    assert!(
+        r.get("pulls").is_none() && r.get("rate_limit").is_none(),
+        "{r}"
+    );
     assert!(r["elapsed_ms"].is_u64());
     // Secrets never reach the output.
     assert!(!run.stdout.contains("hunter2") && !run.stderr.contains("hunter2"));

@@ -105,6 +105,9 @@ impl Reviewer {
                 platforms: platforms.to_vec(),
                 timeout: self.probe_timeout,
                 blobs: self.blobs.clone(),
+                metered: policy.metered(&resolved.image),
+                store: self.store.clone(),
+                budgets: self.budgets.clone(),
             };
             let resolved = resolved.clone();
             let permit = self.probes.clone().try_acquire_owned();
@@ -119,6 +122,9 @@ impl Reviewer {
                     .collect();
                 let report = probe::probe(&client, &resolved.image, &found, &options).await;
                 metrics.probe(report.verdict.as_str());
+                if report.pulls > 0 {
+                    metrics.pulls(resolved.image.canonical_registry(), report.pulls);
+                }
                 report
             }
         };

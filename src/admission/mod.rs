@@ -23,7 +23,7 @@ use crate::credentials::{Keyring, SecretStore};
 use crate::metrics::Metrics;
 use crate::oci::platform::Platform;
 use crate::policy::{Decision, DecisionKind, Finding, Policy, PolicyError};
-use crate::probe::{BlobMemory, Verdict};
+use crate::probe::{BlobMemory, ManifestStore, PullBudgets, Verdict};
 use crate::probe::{CacheOptions, VerdictCache};
 use crate::registry::RegistryClient;
 use crate::reload::Reloading;
@@ -54,6 +54,10 @@ pub struct ReviewerConfig {
     pub policy: Arc<Reloading<Policy, PolicyError>>,
     pub metrics: Arc<Metrics>,
     pub probe_timeout: Duration,
+    /// Verified manifests of metered registries, by digest.
+    pub store: ManifestStore,
+    /// What is left of metered registries' pulls.
+    pub budgets: PullBudgets,
 }
 
 /// Decides AdmissionReviews. Cheap to share: everything inside is reference-counted.
@@ -70,6 +74,8 @@ pub struct Reviewer {
     probes: Arc<tokio::sync::Semaphore>,
     /// Blobs that answered, trusted as long as a pullable tag.
     blobs: BlobMemory,
+    store: ManifestStore,
+    budgets: PullBudgets,
 }
 
 /// Blobs remembered at most: 16 bytes of key each, and moka's bookkeeping.
@@ -109,6 +115,8 @@ impl Reviewer {
             policy: config.policy,
             metrics: config.metrics,
             probe_timeout: config.probe_timeout,
+            store: config.store,
+            budgets: config.budgets,
             resolved: moka::sync::Cache::new(RESOLVED_IMAGES),
             probes: Arc::new(tokio::sync::Semaphore::new(MAX_PROBES_IN_FLIGHT)),
         }
@@ -116,6 +124,14 @@ impl Reviewer {
 
     pub(crate) fn cache(&self) -> &VerdictCache {
         &self.cache
+    }
+
+    pub(crate) fn store(&self) -> &ManifestStore {
+        &self.store
+    }
+
+    pub(crate) fn budgets(&self) -> &PullBudgets {
+        &self.budgets
     }
 
     /// Answers `request` within `budget`, with its workload when it was read already

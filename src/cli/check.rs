@@ -12,6 +12,7 @@ use super::CliError;
 use super::registry::{RegistryArgs, SetupError, UserPass, load_keyring};
 use crate::oci::platform::Platform;
 use crate::oci::reference::ImageRef;
+use crate::policy::Policy;
 use crate::probe::{self, ProbeOptions, Report, Verdict};
 use crate::registry::{Credential, RegistryClient};
 
@@ -66,7 +67,13 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode, CliError> {
                 Ok(image) => {
                     let mut creds: Vec<Credential> = explicit.iter().cloned().collect();
                     creds.extend(ring.lookup(&image.name()));
-                    probe::probe(client, &image, &creds, options).await
+                    // Docker Hub counts the GETs as pulls: the report says how many it spent
+                    // and what the registry says is left.
+                    let options = ProbeOptions {
+                        metered: Policy::default().metered(&image),
+                        ..options.clone()
+                    };
+                    probe::probe(client, &image, &creds, &options).await
                 }
             }
         }

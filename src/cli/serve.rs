@@ -14,7 +14,7 @@ use super::CliError;
 use super::registry::{RegistryArgs, load_keyring};
 use crate::credentials::SecretOptions;
 use crate::fds::FdBudget;
-use crate::probe::CacheOptions;
+use crate::probe::{CacheOptions, PullOptions};
 use crate::registry::{ClientOptions, EgressPolicy, OutboundLimits};
 use crate::server::{
     CertFiles, Config, ConnectionLimits, DevCertificate, Listeners, PolicySource, TlsSource,
@@ -140,6 +140,15 @@ pub struct ServeArgs {
     /// holds at most this and at most --cache-entries.
     #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = parse_bytes, env = "PULLGATE_CACHE_BYTES")]
     pub cache_bytes: u64,
+    /// Memory for the manifests and indexes of metered registries (Docker Hub), kept by
+    /// digest so that a re-probe of an unchanged tag spends no pull; 0 keeps none.
+    #[arg(long, value_name = "BYTES", default_value = "16MiB", value_parser = parse_bytes, env = "PULLGATE_MANIFEST_STORE_BYTES")]
+    pub manifest_store_bytes: u64,
+    /// Share of a metered registry's pull limit kept for the nodes, in percent: when the
+    /// registry reports this little left (ratelimit-remaining), pullgate sends no manifest
+    /// GET that counts until the window has passed, and says so in the image's verdict.
+    #[arg(long, value_name = "PERCENT", default_value_t = 25, value_parser = clap::value_parser!(u8).range(0..=100), env = "PULLGATE_PULL_RESERVE")]
+    pub pull_reserve: u8,
     /// Connections the webhook port keeps open at once; at the cap the oldest idle one is
     /// closed for a new one. Lowered to fit the open-files limit.
     #[arg(
@@ -266,6 +275,10 @@ pub async fn serve_config(args: ServeArgs) -> Result<Config, CliError> {
             unavailable_ttl: args.unavailable_ttl,
             max_entries: args.cache_entries,
             max_bytes: args.cache_bytes,
+        },
+        pulls: PullOptions {
+            store_bytes: args.manifest_store_bytes,
+            reserve_percent: args.pull_reserve,
         },
         secrets: SecretOptions {
             ttl: args.secret_ttl,

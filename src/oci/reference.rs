@@ -143,6 +143,15 @@ impl ImageRef {
         &self.registry
     }
 
+    /// The registry's one name: `docker.io` for every name of Docker Hub
+    /// (`index.docker.io`, `registry-1.docker.io`), otherwise as the reference names it.
+    pub fn canonical_registry(&self) -> &str {
+        match self.api_host() {
+            DOCKER_HUB_API => DOCKER_HUB,
+            other => other,
+        }
+    }
+
     /// The `host[:port]` the registry API is reached at.
     pub fn api_host(&self) -> &str {
         match self.registry.as_str() {

@@ -31,6 +31,8 @@ pub(super) struct ExemptionsFile {
 pub(super) struct RegistryFile {
     pub(super) registry: String,
     pub(super) actions: Option<ActionTable>,
+    /// Counts manifest GETs as pulls against a limit (Docker Hub does, by default).
+    pub(super) metered: Option<bool>,
 }
 
 /// Compiled globs, compared by their source so that policies can be compared.

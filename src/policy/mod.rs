@@ -35,6 +35,7 @@ pub use finding::{Finding, Location};
 
 use crate::io::{ReadError, read_file};
 use crate::oci::platform::{Platform, PlatformError};
+use crate::oci::reference::{DOCKER_HUB, ImageRef};
 use crate::probe::Verdict;
 use file::{Patterns, PolicyFile, parse_platforms};
 use render::{audit, deny_message, warnings};
@@ -195,6 +196,9 @@ pub struct Policy {
     registry_hosts: Patterns,
     /// Parallel to `registry_hosts`.
     registry_actions: Vec<ActionTable>,
+    /// Parallel to `registry_hosts`: whether the registry counts manifest GETs as pulls,
+    /// where the entry says.
+    registry_metered: Vec<Option<bool>>,
 }
 
 impl Default for Policy {
@@ -280,6 +284,7 @@ impl Policy {
                 .iter()
                 .map(|r| r.actions.unwrap_or_default())
                 .collect(),
+            registry_metered: registries.iter().map(|r| r.metered).collect(),
         })
     }
 
@@ -314,6 +319,23 @@ impl Policy {
             .and_then(|table| table.get(verdict))
             .or_else(|| self.actions.get(verdict))
             .unwrap_or(Action::Allow)
+    }
+
+    /// Whether `image`'s registry counts manifest GETs as pulls against a limit, so that
+    /// pullgate spends as few as it can (a HEAD confirms a known digest) and keeps a reserve of
+    /// them for the nodes. The first registry entry matching the host as the image names it,
+    /// or else as `docker.io` for any name of Docker Hub, decides when it says `metered`;
+    /// otherwise Docker Hub is metered and every other registry is not.
+    pub fn metered(&self, image: &ImageRef) -> bool {
+        let named = self.registry_hosts.first_match(image.registry());
+        let canonical = self.registry_hosts.first_match(image.canonical_registry());
+        let first = match (named, canonical) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        first
+            .and_then(|i| self.registry_metered.get(i).copied().flatten())
+            .unwrap_or(image.canonical_registry() == DOCKER_HUB)
     }
 
     /// The action taken for `verdict` on an image from `registry_host`: [`Policy::action`],

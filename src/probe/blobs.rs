@@ -12,7 +12,8 @@ use ring::hmac;
 
 use futures_util::StreamExt as _;
 
-use super::resolve::{Resolved, header_str};
+use super::fetch::header_str;
+use super::resolve::Resolved;
 use super::verdict::{Failure, Verdict};
 use super::{BlobKind, BlobReport, MAX_PARALLEL_BLOBS};
 use crate::fingerprint::{Fingerprint, random_hmac_key};

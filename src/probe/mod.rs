@@ -4,8 +4,12 @@
 //! registry's own words travel with it.
 
 mod blobs;
+mod budget;
 mod cache;
+mod fetch;
+mod ledger;
 mod resolve;
+mod store;
 mod verdict;
 
 use std::time::{Duration, Instant};
@@ -13,15 +17,18 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub use blobs::BlobMemory;
+pub use budget::{DEFAULT_RESERVE_PERCENT, PullBudgets};
 pub use cache::CacheOptions;
 pub(crate) use cache::{Answer, ProbeKey, VerdictCache};
+pub use store::{DEFAULT_STORE_BYTES, ManifestStore};
 pub use verdict::{Verdict, classify_status, verdict_of};
 
 use crate::oci::digest::Digest;
 use crate::oci::platform::Platform;
 use crate::oci::reference::{ImageRef, ReferenceError};
-use crate::registry::{Credential, RegistryClient, RegistryMessage};
-use resolve::run;
+use crate::registry::{Credential, CredentialId, RateLimit, RegistryClient, RegistryMessage};
+use ledger::Ledger;
+use resolve::{Course, run};
 use verdict::Failure;
 
 /// Blob probes of one image running at once. Real images have a handful to a few dozen
@@ -32,6 +39,24 @@ pub const MAX_PARALLEL_BLOBS: usize = 16;
 /// Platforms an index is said to offer, by name, when none matches; the rest are counted.
 pub const MAX_PLATFORMS_NAMED: usize = 12;
 
+/// How pullgate spends metered registries' pulls, parsed from flags at the edge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PullOptions {
+    /// Bytes of verified manifests kept by digest (0: none).
+    pub store_bytes: u64,
+    /// Percent of each window's pulls kept for the nodes.
+    pub reserve_percent: u8,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions {
+            store_bytes: DEFAULT_STORE_BYTES,
+            reserve_percent: DEFAULT_RESERVE_PERCENT,
+        }
+    }
+}
+
 /// What to check an image for.
 #[derive(Clone, Debug)]
 pub struct ProbeOptions {
@@ -41,6 +66,14 @@ pub struct ProbeOptions {
     pub timeout: Duration,
     /// Blobs that answered recently, shared with other probes; off by default.
     pub blobs: BlobMemory,
+    /// The registry counts manifest GETs against a pull limit (Docker Hub): a known digest is
+    /// confirmed with a HEAD and its documents read from `store`, and counted GETs are asked
+    /// of `budgets` first.
+    pub metered: bool,
+    /// Verified manifests of metered registries by digest, and their tags' last digests.
+    pub store: ManifestStore,
+    /// What is left of each metered registry's pulls, per credential.
+    pub budgets: PullBudgets,
 }
 
 impl Default for ProbeOptions {
@@ -49,6 +82,9 @@ impl Default for ProbeOptions {
             platforms: vec![Platform::linux_amd64()],
             timeout: Duration::from_secs(10),
             blobs: BlobMemory::off(),
+            metered: false,
+            store: ManifestStore::default(),
+            budgets: PullBudgets::default(),
         }
     }
 }
@@ -81,7 +117,25 @@ pub struct Report {
     pub attempts: u32,
     /// HTTP requests made, over all attempts.
     pub requests: u32,
+    /// Manifest GETs and HEADs sent, over all attempts (one each however many auth rounds it
+    /// took).
+    pub manifest_gets: u32,
+    pub manifest_heads: u32,
+    /// Whether the registry counts manifest GETs as pulls (Docker Hub, or as the policy says).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub metered: bool,
+    /// Pulls spent on a metered registry, as it counts them (an index and its first child
+    /// are one).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub pulls: u32,
+    /// What the registry last said is left of the pulls (`ratelimit-*` headers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
     pub elapsed_ms: u64,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -142,7 +196,8 @@ pub async fn probe(
         return unfinished(&image.to_string(), options.timeout);
     };
     let mut best: Option<Report> = None;
-    let mut requests = 0;
+    let (mut requests, mut gets, mut heads, mut pulls) = (0, 0, 0, 0);
+    let mut rate_limit = None;
     let mut tried = 0;
     for credential in attempts {
         tried += 1;
@@ -151,6 +206,10 @@ pub async fn probe(
         // one registry queues hundreds of them.
         let report = Box::pin(probe_once(client, image, credential, options, deadline)).await;
         requests += report.requests;
+        gets += report.manifest_gets;
+        heads += report.manifest_heads;
+        pulls += report.pulls;
+        rate_limit = report.rate_limit.or(rate_limit);
         let done = report.verdict == Verdict::Pullable || Instant::now() >= deadline;
         if best.as_ref().is_none_or(|b| {
             report.verdict == Verdict::Pullable || report.verdict.severity() > b.verdict.severity()
@@ -164,6 +223,10 @@ pub async fn probe(
     let mut report = best.expect("at least one attempt is made");
     report.attempts = tried;
     report.requests = requests;
+    report.manifest_gets = gets;
+    report.manifest_heads = heads;
+    report.pulls = pulls;
+    report.rate_limit = rate_limit;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     tracing::debug!(
         image = %report.reference,
@@ -185,20 +248,25 @@ async fn probe_once(
 ) -> Report {
     let started = Instant::now();
     let session = client.session(image, credential, deadline);
+    let ledger = Ledger::new(
+        &options.store,
+        &options.budgets,
+        options.metered,
+        image,
+        credential.map_or(CredentialId::ANONYMOUS, Credential::id),
+    );
+    let course = Course {
+        session: &session,
+        ledger: &ledger,
+        image,
+        platforms: &options.platforms,
+        memory: &options.blobs,
+    };
     let mut report = Report::new(image.to_string(), Verdict::Pullable, String::new());
     report.credential = credential.map(|c| c.source().to_owned());
     report.attempts = 1;
-    let outcome = tokio::time::timeout_at(
-        deadline.into(),
-        run(
-            &session,
-            image,
-            &options.platforms,
-            &options.blobs,
-            &mut report,
-        ),
-    )
-    .await;
+    report.metered = options.metered;
+    let outcome = tokio::time::timeout_at(deadline.into(), run(&course, &mut report)).await;
     let failure = match outcome {
         Ok(result) => result.err(),
         Err(_) => Some(Failure::new(
@@ -224,6 +292,10 @@ async fn probe_once(
         };
     }
     report.requests = session.requests();
+    report.manifest_gets = session.manifest_gets();
+    report.manifest_heads = session.manifest_heads();
+    report.pulls = ledger.pulls();
+    report.rate_limit = ledger.stated();
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     report
 }
@@ -293,6 +365,11 @@ impl Report {
             credential: None,
             attempts: 0,
             requests: 0,
+            manifest_gets: 0,
+            manifest_heads: 0,
+            metered: false,
+            pulls: 0,
+            rate_limit: None,
             elapsed_ms: 0,
         }
     }

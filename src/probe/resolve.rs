@@ -1,116 +1,223 @@
-//! The manifest side of a probe: GET the manifest by tag or digest, verify its digest against
-//! the one asked for and the registry's `Docker-Content-Digest`, and resolve an index to each
-//! platform's image manifest (fetching each chosen entry, since policy engines such as Harbor
-//! gate the platform manifest, not the index).
+//! The probe's course: the manifest (fetched, or on a metered registry read from the store
+//! once a HEAD has confirmed the digest), each platform resolved to its image manifest
+//! (fetching each chosen index entry, since policy engines such as Harbor gate the platform
+//! manifest, not the index), then one byte of every blob; the verdict of each platform and
+//! the worst failure.
 
 use std::collections::{HashMap, HashSet};
 
 use futures_util::future::join_all;
-use reqwest::header::{self, HeaderMap};
 
 use super::blobs::{BlobMemory, probe_all};
+use super::fetch::{Confirmed, Fetched, confirm, fetch_manifest, from_store};
+use super::ledger::{Fetch, Ledger};
 use super::verdict::{Failure, Verdict};
-use super::{MAX_PLATFORMS_NAMED, PlatformReport, Report};
-use crate::oci::digest::{Digest, DigestError};
+use super::{BlobReport, MAX_PLATFORMS_NAMED, PlatformReport, Report};
+use crate::oci::digest::Digest;
 use crate::oci::manifest::{self, Document, ImageManifest};
 use crate::oci::platform::Platform;
 use crate::oci::reference::ImageRef;
-use crate::registry::{FetchError, Session};
+use crate::registry::Session;
+
+/// A platform's image manifest and its digest, or why there is none.
+pub(super) type Resolved = Result<(Digest, ImageManifest), Failure>;
+
+/// What the probe of one attempt needs besides the session.
+pub(super) struct Course<'a> {
+    pub(super) session: &'a Session<'a>,
+    pub(super) ledger: &'a Ledger<'a>,
+    pub(super) image: &'a ImageRef,
+    pub(super) platforms: &'a [Platform],
+    pub(super) memory: &'a BlobMemory,
+}
+
+/// The platforms' verdicts and the blobs' reports, and the worst failure among them.
+struct Assessed {
+    platforms: Vec<PlatformReport>,
+    blobs: Vec<BlobReport>,
+    worst: Option<Failure>,
+}
 
 /// The probe proper. Fills `report` as it goes so a deadline still shows what was learnt.
-pub(super) async fn run(
-    session: &Session<'_>,
-    image: &ImageRef,
-    platforms: &[Platform],
-    memory: &BlobMemory,
-    report: &mut Report,
-) -> Result<(), Failure> {
-    let reference = image.manifest_reference();
+pub(super) async fn run(course: &Course<'_>, report: &mut Report) -> Result<(), Failure> {
+    // On a metered registry, a digest whose documents are all stored is confirmed with a HEAD
+    // (no pull counted) while its blobs are probed; only a moved tag is fetched again.
+    if let Some(known) = known(course) {
+        report.digest = Some(known.digest.clone());
+        report.media_type = Some(known.media_type.clone());
+        let (confirmed, assessed) = tokio::join!(
+            confirm(course.session, course.ledger, course.image, &known.digest),
+            assess(course, known.resolved),
+        );
+        match confirmed {
+            Confirmed::Same => return finish(assessed, report),
+            Confirmed::Refused(failure) => return Err(failure),
+            Confirmed::Changed => {
+                report.digest = None;
+                report.media_type = None;
+            }
+        }
+    }
+    let reference = course.image.manifest_reference();
     // "manifest", not "manifest <tag>": every message already names the image, and one
     // text for all of a registry's missing tags is one copy in the verdict cache.
-    let top = fetch_manifest(session, &reference, image.digest(), "manifest").await?;
+    let top = fetch_manifest(
+        course.session,
+        course.ledger,
+        course.image,
+        Fetch::Top,
+        &reference,
+        course.image.digest(),
+        "manifest",
+    )
+    .await?;
     report.digest = Some(top.digest.clone());
     report.media_type = Some(top.media_type.clone());
+    let resolved = resolve(course, top).await;
+    finish(assess(course, resolved).await, report)
+}
 
-    // Each platform resolves to one image manifest (or fails to); several may share one.
-    let mut resolved: Vec<(Platform, Resolved)> = Vec::new();
-    match top.document {
+/// The top document and every platform's image manifest, all from the store, for the digest
+/// the reference names or its tag last resolved to; `None` unless the registry is metered and
+/// everything needed is stored.
+struct Known {
+    digest: Digest,
+    media_type: String,
+    resolved: Vec<(Platform, Resolved)>,
+}
+
+fn known(course: &Course<'_>) -> Option<Known> {
+    let digest = course.ledger.known_digest(course.image)?;
+    let top = from_store(&digest, &course.ledger.stored(&digest)?)?;
+    let mut resolved = Vec::with_capacity(course.platforms.len());
+    match &top.document {
         Document::Image(m) => {
-            for p in platforms {
+            for p in course.platforms {
                 resolved.push((p.clone(), Ok((top.digest.clone(), m.clone()))));
             }
         }
         Document::Index(index) => {
-            // What each platform selects, copied out so the index (up to a thousand entries)
-            // is let go before the children are fetched.
-            let wanted: Vec<(&Platform, Option<Digest>)> = platforms
-                .iter()
-                .map(|p| (p, index.select(p).map(|e| e.digest.clone())))
-                .collect();
             let offered = index.offered(MAX_PLATFORMS_NAMED);
-            drop(index);
-            // Several platforms may resolve to one entry; fetch each entry once.
-            let mut digests: Vec<&Digest> = Vec::new();
-            let mut seen: HashSet<&Digest> = HashSet::new();
-            for digest in wanted.iter().filter_map(|(_, d)| d.as_ref()) {
-                if seen.insert(digest) {
-                    digests.push(digest);
-                }
-            }
-            // Policy engines (Harbor) gate the platform manifest, not the index: fetch it.
-            let children = join_all(digests.iter().map(|&digest| async move {
-                let what = format!("platform manifest {}", digest.short());
-                let fetched =
-                    fetch_manifest(session, &digest.to_string(), Some(digest), &what).await;
-                (digest, fetched)
-            }))
-            .await;
-            for (platform, entry) in &wanted {
-                let result = match entry {
-                    None => Err(Failure::new(
-                        Verdict::NotFound,
-                        format!(
-                            "no matching manifest for {platform} in the index (it offers: {offered})"
-                        ),
-                    )),
+            for p in course.platforms {
+                let entry = match index.select(p) {
+                    None => Err(no_match(p, &offered)),
                     Some(entry) => {
-                        let (_, fetched) = children
-                            .iter()
-                            .find(|(d, _)| *d == entry)
-                            .expect("every selected entry was fetched");
-                        match fetched {
-                            Ok(f) => match &f.document {
-                                Document::Image(m) => Ok((f.digest.clone(), m.clone())),
-                                Document::Index(_) => Err(Failure::new(
-                                    Verdict::Invalid,
-                                    manifest::ManifestError::NestedIndex(entry.short()).to_string(),
-                                )),
-                            },
-                            Err(e) => Err(e.clone()),
+                        let child =
+                            from_store(&entry.digest, &course.ledger.stored(&entry.digest)?)?;
+                        match child.document {
+                            Document::Image(m) => Ok((child.digest, m)),
+                            Document::Index(_) => return None,
                         }
                     }
                 };
-                resolved.push(((*platform).clone(), result));
+                resolved.push((p.clone(), entry));
             }
         }
     }
+    Some(Known {
+        digest: top.digest,
+        media_type: top.media_type,
+        resolved,
+    })
+}
 
-    let results = probe_all(session, memory, &resolved).await;
-    report.blobs = results.iter().map(|(r, _)| r.clone()).collect();
+fn no_match(platform: &Platform, offered: &str) -> Failure {
+    Failure::new(
+        Verdict::NotFound,
+        format!("no matching manifest for {platform} in the index (it offers: {offered})"),
+    )
+}
+
+/// Each platform resolved to one image manifest (or a failure); several may share one.
+async fn resolve(course: &Course<'_>, top: Fetched) -> Vec<(Platform, Resolved)> {
+    let index = match top.document {
+        Document::Image(m) => {
+            return course
+                .platforms
+                .iter()
+                .map(|p| (p.clone(), Ok((top.digest.clone(), m.clone()))))
+                .collect();
+        }
+        Document::Index(index) => index,
+    };
+    // What each platform selects, copied out so the index (up to a thousand entries) is let
+    // go before the children are fetched.
+    let wanted: Vec<(&Platform, Option<Digest>)> = course
+        .platforms
+        .iter()
+        .map(|p| (p, index.select(p).map(|e| e.digest.clone())))
+        .collect();
+    let offered = index.offered(MAX_PLATFORMS_NAMED);
+    drop(index);
+    // Several platforms may resolve to one entry; fetch each entry once.
+    let mut digests: Vec<&Digest> = Vec::new();
+    let mut seen: HashSet<&Digest> = HashSet::new();
+    for digest in wanted.iter().filter_map(|(_, d)| d.as_ref()) {
+        if seen.insert(digest) {
+            digests.push(digest);
+        }
+    }
+    // Policy engines (Harbor) gate the platform manifest, not the index: fetch it. On a
+    // metered registry a stored child is content-addressed and needs no GET.
+    let children = join_all(digests.iter().map(|&digest| async move {
+        let stored = course
+            .ledger
+            .stored(digest)
+            .and_then(|s| from_store(digest, &s));
+        let fetched = match stored {
+            Some(stored) => Ok(stored),
+            None => {
+                let what = format!("platform manifest {}", digest.short());
+                fetch_manifest(
+                    course.session,
+                    course.ledger,
+                    course.image,
+                    Fetch::Child,
+                    &digest.to_string(),
+                    Some(digest),
+                    &what,
+                )
+                .await
+            }
+        };
+        (digest, fetched)
+    }))
+    .await;
+    let mut resolved = Vec::with_capacity(wanted.len());
+    for (platform, entry) in &wanted {
+        let result = match entry {
+            None => Err(no_match(platform, &offered)),
+            Some(entry) => {
+                let (_, fetched) = children
+                    .iter()
+                    .find(|(d, _)| *d == entry)
+                    .expect("every selected entry was fetched");
+                match fetched {
+                    Ok(f) => match &f.document {
+                        Document::Image(m) => Ok((f.digest.clone(), m.clone())),
+                        Document::Index(_) => Err(Failure::new(
+                            Verdict::Invalid,
+                            manifest::ManifestError::NestedIndex(entry.short()).to_string(),
+                        )),
+                    },
+                    Err(e) => Err(e.clone()),
+                }
+            }
+        };
+        resolved.push(((*platform).clone(), result));
+    }
+    resolved
+}
+
+/// Probes the blobs of every resolved manifest and gives each platform its verdict.
+async fn assess(course: &Course<'_>, resolved: Vec<(Platform, Resolved)>) -> Assessed {
+    let results = probe_all(course.session, course.memory, &resolved).await;
     let failures: HashMap<&Digest, &Failure> = results
         .iter()
         .filter_map(|(r, f)| Some((&r.digest, f.as_ref()?)))
         .collect();
-
     let mut worst: Option<Failure> = None;
-    let mut consider = |f: &Failure| {
-        if worst
-            .as_ref()
-            .is_none_or(|w| f.verdict.severity() > w.verdict.severity())
-        {
-            worst = Some(f.clone());
-        }
-    };
+    let mut platforms = Vec::with_capacity(resolved.len());
     for (platform, r) in resolved {
         let failure = match &r {
             Err(f) => Some(f.clone()),
@@ -120,111 +227,33 @@ pub(super) async fn run(
                 .max_by_key(|f| f.verdict.severity())
                 .cloned(),
         };
-        if let Some(f) = &failure {
-            consider(f);
+        if let Some(f) = &failure
+            && worst
+                .as_ref()
+                .is_none_or(|w| f.verdict.severity() > w.verdict.severity())
+        {
+            worst = Some(f.clone());
         }
-        report.platforms.push(PlatformReport {
+        platforms.push(PlatformReport {
             platform,
             digest: r.as_ref().ok().map(|(d, _)| d.clone()),
             verdict: failure.as_ref().map_or(Verdict::Pullable, |f| f.verdict),
             reason: failure.map(|f| f.reason),
         });
     }
-    match worst {
+    let blobs = results.into_iter().map(|(r, _)| r).collect();
+    Assessed {
+        platforms,
+        blobs,
+        worst,
+    }
+}
+
+fn finish(assessed: Assessed, report: &mut Report) -> Result<(), Failure> {
+    report.platforms = assessed.platforms;
+    report.blobs = assessed.blobs;
+    match assessed.worst {
         Some(f) => Err(f),
         None => Ok(()),
     }
-}
-
-/// A platform's image manifest and its digest, or why there is none.
-pub(super) type Resolved = Result<(Digest, ImageManifest), Failure>;
-
-struct Fetched {
-    digest: Digest,
-    media_type: String,
-    document: Document,
-}
-
-/// GETs a manifest by tag or digest, bounded, verified against `expected` and against the
-/// registry's own `Docker-Content-Digest`.
-async fn fetch_manifest(
-    session: &Session<'_>,
-    reference: &str,
-    expected: Option<&Digest>,
-    what: &str,
-) -> Result<Fetched, Failure> {
-    let mut resp = session
-        .manifest(reference)
-        .await
-        .map_err(|e| Failure::from_fetch(what, &e))?;
-    let status = resp.status();
-    if !status.is_success() {
-        let message = resp.error_message().await;
-        return Err(Failure::refused(what, status, message));
-    }
-    let content_type = header_str(resp.headers(), header::CONTENT_TYPE);
-    let claimed = header_str(resp.headers(), "docker-content-digest");
-    let body = resp
-        .read_body(manifest::MAX_MANIFEST_BYTES)
-        .await
-        .map_err(|e| match e {
-            FetchError::TooLarge { .. } => Failure::new(
-                Verdict::Invalid,
-                format!("{what}: larger than {} bytes", manifest::MAX_MANIFEST_BYTES),
-            ),
-            other => Failure::from_fetch(what, &other),
-        })?;
-    drop(resp);
-    let body = &body.bytes;
-    let claimed = claimed
-        .map(|c| Digest::parse(&c))
-        .transpose()
-        .map_err(|e: DigestError| {
-            Failure::new(
-                Verdict::Invalid,
-                format!("{what}: bad Docker-Content-Digest header: {e}"),
-            )
-        })?;
-    let algorithm = expected
-        .or(claimed.as_ref())
-        .map_or(crate::oci::digest::Algorithm::Sha256, Digest::algorithm);
-    let actual = Digest::compute(algorithm, body);
-    if let Some(expected) = expected
-        && *expected != actual
-    {
-        return Err(Failure::new(
-            Verdict::Invalid,
-            format!(
-                "{what}: digest mismatch: asked for {expected}, the registry served content with digest {actual}"
-            ),
-        ));
-    }
-    if let Some(claimed) = claimed
-        && !claimed.matches(body)
-    {
-        return Err(Failure::new(
-            Verdict::Invalid,
-            format!(
-                "{what}: the registry's Docker-Content-Digest {claimed} does not match the manifest it served"
-            ),
-        ));
-    }
-    let document = manifest::parse(body, content_type.as_deref())
-        .map_err(|e| Failure::new(Verdict::Invalid, format!("{what}: {e}")))?;
-    let media_type = match &document {
-        Document::Image(m) => m.media_type.clone(),
-        Document::Index(i) => i.media_type.clone(),
-    };
-    Ok(Fetched {
-        digest: actual,
-        media_type,
-        document,
-    })
-}
-
-pub(super) fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<String> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
 }

@@ -110,7 +110,9 @@ impl Session<'_> {
         let registry = origin(&self.base);
         let mut url = self.url(path);
         for _ in 0..=MAX_REDIRECTS {
-            let resp = auth.send(method, &url, headers, origin(&url) == registry).await?;
+            let resp = auth
+                .send(method, &url, headers, origin(&url) == registry)
+                .await?;
             if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
                 return Ok(resp);
             }

@@ -26,7 +26,7 @@ use crate::admission::{Reviewer, ReviewerConfig};
 use crate::credentials::{Keyring, SecretOptions, SecretStore};
 use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyError};
-use crate::probe::CacheOptions;
+use crate::probe::{CacheOptions, ManifestStore, PullBudgets, PullOptions};
 use crate::registry::{ClientError, ClientOptions, RegistryClient};
 use crate::reload::{ReloadError, Reloading};
 use intake::Intake;
@@ -62,6 +62,8 @@ pub struct Config {
     pub probe_timeout: Duration,
     pub registry: ClientOptions,
     pub cache: CacheOptions,
+    /// The manifest store and the pull reserve of metered registries.
+    pub pulls: PullOptions,
     pub secrets: SecretOptions,
     /// Reads pull secrets; `None` probes with node credentials only.
     pub kube: Option<kube::Client>,
@@ -104,6 +106,7 @@ impl Default for Config {
                 ..ClientOptions::default()
             },
             cache: CacheOptions::default(),
+            pulls: PullOptions::default(),
             secrets: SecretOptions::default(),
             kube: None,
             node_keyring: Keyring::default(),
@@ -182,6 +185,8 @@ pub async fn run(
             policy: policy.clone(),
             metrics: metrics.clone(),
             probe_timeout: config.probe_timeout,
+            store: ManifestStore::new(config.pulls.store_bytes),
+            budgets: PullBudgets::new(config.pulls.reserve_percent),
         }),
         metrics: metrics.clone(),
         budget: config.review_budget,

@@ -64,6 +64,11 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     let cache = app.reviewer.cache();
     app.metrics
         .verdict_cache(cache.entry_count(), cache.weighted_size());
+    let store = app.reviewer.store();
+    app.metrics
+        .manifest_store(store.documents(), store.weighted_size());
+    app.metrics
+        .pull_budgets(&app.reviewer.budgets().remaining());
     (
         [(
             header::CONTENT_TYPE,

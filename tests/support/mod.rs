@@ -9,6 +9,7 @@
 mod apiserver;
 mod delay;
 mod hostile;
+mod hub;
 mod image;
 mod pki;
 mod process;
@@ -26,6 +27,8 @@ pub use apiserver::*;
 pub use delay::*;
 #[allow(unused_imports)]
 pub use hostile::*;
+#[allow(unused_imports)]
+pub use hub::*;
 #[allow(unused_imports)]
 pub use image::*;
 #[allow(unused_imports)]

@@ -13,6 +13,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::hub::Accounting;
 use super::pki::{Pki, test_client};
 use super::registry::Registry;
 use super::server::{TestServer, serve_tls};
@@ -221,6 +222,8 @@ struct ProxyState {
     policy: Policy,
     /// Known only after binding; used to rewrite upstream self-references.
     own_base: OnceLock<String>,
+    /// Docker Hub's pull accounting, when the proxy plays Docker Hub.
+    accounting: Option<Arc<Accounting>>,
 }
 
 impl PolicyProxy {
@@ -230,11 +233,29 @@ impl PolicyProxy {
 
     /// Fronts any HTTPS server signed by `pki` (a token server, a CDN, another proxy).
     pub async fn start_for(pki: &Pki, upstream_base: &str) -> PolicyProxy {
+        Self::start_with(pki, upstream_base, None).await
+    }
+
+    /// Fronts `upstream` the way Docker Hub meters pulls (see [`Accounting`]).
+    pub async fn start_metered(
+        pki: &Pki,
+        upstream: &Registry,
+        accounting: Arc<Accounting>,
+    ) -> PolicyProxy {
+        Self::start_with(pki, &upstream.base(), Some(accounting)).await
+    }
+
+    async fn start_with(
+        pki: &Pki,
+        upstream_base: &str,
+        accounting: Option<Arc<Accounting>>,
+    ) -> PolicyProxy {
         let state = Arc::new(ProxyState {
             upstream_base: upstream_base.trim_end_matches('/').to_string(),
             client: test_client(pki),
             policy: Policy::default(),
             own_base: OnceLock::new(),
+            accounting,
         });
         let router = Router::new()
             .fallback(proxy_handler)
@@ -301,6 +322,13 @@ async fn proxy_handler(State(state): State<Arc<ProxyState>>, request: Request) -
             other => return apply(other, &parts.uri).await,
         }
     }
+    if let Some(refused) = state
+        .accounting
+        .as_ref()
+        .and_then(|a| a.before(&parts.method, parts.uri.path(), &parts.headers))
+    {
+        return refused;
+    }
 
     // Request bodies are manifests and small test blobs, so buffering them is fine and
     // avoids needing reqwest's `stream` feature just for tests.
@@ -332,6 +360,21 @@ async fn proxy_handler(State(state): State<Arc<ProxyState>>, request: Request) -
 
     let own_base = state.own_base.get().map_or("", String::as_str);
     let mut builder = Response::builder().status(response.status());
+    if let Some(accounting) = &state.accounting {
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        for (name, value) in accounting.after(
+            &parts.method,
+            parts.uri.path(),
+            &parts.headers,
+            response.status(),
+            content_type,
+        ) {
+            builder = builder.header(name, value);
+        }
+    }
     for (name, value) in response.headers() {
         if is_hop_by_hop(name) {
             continue;

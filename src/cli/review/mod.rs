@@ -30,7 +30,7 @@ use crate::admission::{Outcome, Reviewer, ReviewerConfig};
 use crate::io::ReadError;
 use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyError};
-use crate::probe::CacheOptions;
+use crate::probe::{CacheOptions, ManifestStore, PullBudgets};
 use crate::registry::RegistryClient;
 use crate::reload::Reloading;
 use input::{Target, read_files};
@@ -133,6 +133,8 @@ pub async fn run(args: ReviewArgs) -> Result<ExitCode, ReviewError> {
         policy: policy.clone(),
         metrics: Arc::new(Metrics::new()),
         probe_timeout: args.timeout,
+        store: ManifestStore::default(),
+        budgets: PullBudgets::default(),
     });
     let policy = policy.current();
 
