@@ -7,11 +7,12 @@
 //! 4. herd: 1,000 concurrent reviews of one uncached image, manifest GETs counted upstream;
 //! 5. fan-out: a Pod of 20 uncached images against a Pod of one;
 //! 6. memory: peak RSS during the hot path, and RSS with 100,000 cached verdicts;
-//! 7. hostile load: the p99 of cached reviews and the peak RSS while each attack runs.
+//! 7. hostile load: the p99 of cached reviews and the peak RSS while each attack runs;
+//! 8. pull economy: Docker Hub pulls counted while 2 replicas re-probe 20 images 100 times.
 //!
 //! Run it with `bench/run` (installs what is missing and writes `BENCHMARKS.md`) or
 //! `cargo bench --bench pullgate [-- SECTION...]` with sections `hot cold rtt herd fanout
-//! memory hostile`. Under `cargo test` (which runs bench targets in test mode, without `--bench`) it
+//! memory hostile pulls`. Under `cargo test` (which runs bench targets in test mode, without `--bench`) it
 //! does nothing: it is built so it cannot rot, never run as a test.
 
 #[path = "../tests/support/mod.rs"]
@@ -31,6 +32,8 @@ mod load;
 mod pod;
 #[path = "pullgate/procs.rs"]
 mod procs;
+#[path = "pullgate/pulls.rs"]
+mod pulls;
 #[path = "pullgate/report.rs"]
 mod report;
 
@@ -40,7 +43,9 @@ use report::Report;
 use support::{Registry, TokenServer, World};
 use tempfile::TempDir;
 
-const SECTIONS: [&str; 7] = ["hot", "cold", "rtt", "herd", "fanout", "memory", "hostile"];
+const SECTIONS: [&str; 8] = [
+    "hot", "cold", "rtt", "herd", "fanout", "memory", "hostile", "pulls",
+];
 
 /// What every section shares: the test PKI, the anonymous seed registry images are pushed
 /// through, the token server, and the token-auth registry pullgate and skopeo read from.
@@ -143,6 +148,9 @@ async fn run(selected: &[&str], full: bool) -> anyhow::Result<Report> {
     drop(hot);
     if wants("hostile") {
         hostile::hostile(&mut ctx).await?;
+    }
+    if wants("pulls") {
+        pulls::pulls(&mut ctx).await?;
     }
     ctx.report.print_summary();
 

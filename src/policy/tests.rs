@@ -361,3 +361,53 @@ fn many_images_are_truncated() {
     assert_eq!(last, "pullgate: 18 more images with problems not listed");
     assert!(d.warnings.iter().map(|w| w.chars().count()).sum::<usize>() <= 4096);
 }
+
+#[rstest]
+#[case::hub_by_default("", "nginx:1.27", true)]
+#[case::hub_every_name("", "index.docker.io/library/nginx:1", true)]
+#[case::hub_api_name("", "registry-1.docker.io/library/nginx:1", true)]
+#[case::others_not_by_default("", "ghcr.io/org/app:1", false)]
+#[case::hub_unmarked(
+    "registries: [{registry: docker.io, metered: false}]",
+    "nginx:1",
+    false
+)]
+#[case::hub_unmarked_every_name(
+    "registries: [{registry: docker.io, metered: false}]",
+    "index.docker.io/library/nginx:1",
+    false
+)]
+#[case::other_marked(
+    "registries: [{registry: \"*.corp.example\", metered: true}]",
+    "mirror.corp.example/app:1",
+    true
+)]
+#[case::port_is_part_of_the_host(
+    "registries: [{registry: \"mirror.corp.example\", metered: true}]",
+    "mirror.corp.example:5000/app:1",
+    false
+)]
+#[case::first_match_decides(
+    "registries: [{registry: docker.io, actions: {unavailable: deny}}, {registry: \"*\", metered: true}]",
+    "nginx:1",
+    true
+)]
+#[case::first_match_without_metered_keeps_the_default(
+    "registries: [{registry: \"*.example\", actions: {unavailable: deny}}, {registry: \"*\", metered: true}]",
+    "r.example/app:1",
+    false
+)]
+fn metered_registries(#[case] yaml: &str, #[case] image: &str, #[case] want: bool) {
+    let image = ImageRef::parse(image).unwrap();
+    assert_eq!(policy(yaml).metered(&image), want);
+}
+
+#[test]
+fn metered_must_be_a_boolean() {
+    let e = Policy::from_yaml(
+        "registries: [{registry: docker.io, metered: sometimes}]",
+        "test.yaml",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("metered"), "{e}");
+}
