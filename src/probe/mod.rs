@@ -79,8 +79,13 @@ pub struct Report {
     pub credential: Option<String>,
     /// Credentials tried, in the kubelet's order (1 for an anonymous probe).
     pub attempts: u32,
-    /// HTTP requests made, over all attempts.
+    /// HTTP requests made, over all attempts; warm-ups not.
     pub requests: u32,
+    /// Warm-ups sent, over all attempts: `GET /v2/` without credentials, sent beside the
+    /// first request to open the connections an HTTP/1.1 registry's later requests use. Not
+    /// sent to registries that speak HTTP/2.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub warmups: u32,
     pub elapsed_ms: u64,
 }
 
@@ -142,7 +147,7 @@ pub async fn probe(
         return unfinished(&image.to_string(), options.timeout);
     };
     let mut best: Option<Report> = None;
-    let mut requests = 0;
+    let (mut requests, mut warmups) = (0, 0);
     let mut tried = 0;
     for credential in attempts {
         tried += 1;
@@ -151,6 +156,7 @@ pub async fn probe(
         // one registry queues hundreds of them.
         let report = Box::pin(probe_once(client, image, credential, options, deadline)).await;
         requests += report.requests;
+        warmups += report.warmups;
         let done = report.verdict == Verdict::Pullable || Instant::now() >= deadline;
         if best.as_ref().is_none_or(|b| {
             report.verdict == Verdict::Pullable || report.verdict.severity() > b.verdict.severity()
@@ -164,11 +170,13 @@ pub async fn probe(
     let mut report = best.expect("at least one attempt is made");
     report.attempts = tried;
     report.requests = requests;
+    report.warmups = warmups;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     tracing::debug!(
         image = %report.reference,
         verdict = %report.verdict,
         requests = report.requests,
+        warmups = report.warmups,
         elapsed_ms = report.elapsed_ms,
         "probed image"
     );
@@ -190,13 +198,13 @@ async fn probe_once(
     report.attempts = 1;
     let outcome = tokio::time::timeout_at(
         deadline.into(),
-        run(
+        session.warmed(run(
             &session,
             image,
             &options.platforms,
             &options.blobs,
             &mut report,
-        ),
+        )),
     )
     .await;
     let failure = match outcome {
@@ -224,8 +232,13 @@ async fn probe_once(
         };
     }
     report.requests = session.requests();
+    report.warmups = session.warmups();
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     report
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The report for a reference that does not parse: `invalid`, decided without network I/O.
@@ -293,6 +306,7 @@ impl Report {
             credential: None,
             attempts: 0,
             requests: 0,
+            warmups: 0,
             elapsed_ms: 0,
         }
     }
