@@ -216,21 +216,21 @@ impl Transport {
 
     /// Sends one warm-up to `ping` (the registry's `/v2/`): without credentials, only when a
     /// spare connection slot is free, and reads the answer to its end, so that its connection
-    /// goes back to the pool for the requests that follow. Adds one to `sent` once it is on
-    /// the wire (also when it is let go unanswered); not when it was never sent: no spare
-    /// slot, or its connection negotiated HTTP/2 and was closed unused.
+    /// goes back to the pool for the requests that follow; `Ok(true)` when it did. Adds one
+    /// to `sent` once it is on the wire (also when it is let go unanswered); not when it was
+    /// never sent: no spare slot, or its connection negotiated HTTP/2 and was closed unused.
     pub(super) async fn warm_up(
         &self,
         ping: &Url,
         deadline: Instant,
         sent: &AtomicU32,
-    ) -> Result<(), FetchError> {
+    ) -> Result<bool, FetchError> {
         if Instant::now() >= deadline {
-            return Ok(());
+            return Ok(false);
         }
         self.admit(ping)?;
         let Some(slot) = self.outbound.spare_slot(ping) else {
-            return Ok(());
+            return Ok(false);
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
         let req = self
@@ -250,13 +250,13 @@ impl Transport {
         if let Err(e) = &result
             && refused_on_http2(e)
         {
-            return Ok(());
+            return Ok(false);
         }
         // Also when it went on a pooled connection, which the connector did not see.
         on_wire.store(true, Ordering::SeqCst);
         self.answered(ping, &result);
         let response = result.map_err(|e| classify_reqwest(ping, &e))?;
-        Reply {
+        let drained = Reply {
             response,
             url: ping.clone(),
             transport: self,
@@ -265,7 +265,11 @@ impl Transport {
         }
         .drain()
         .await;
-        Ok(())
+        // The connection goes back to the pool from a task of the client's, woken as the
+        // body ended; a turn of the scheduler lets it run before a request is told the
+        // connection is ready, which would otherwise find none idle and open one.
+        tokio::task::yield_now().await;
+        Ok(drained)
     }
 
     /// Notes what an answer (or its absence) tells: the observer's count, the origin's
@@ -442,8 +446,9 @@ impl Reply<'_> {
     /// Reads the rest of the body and lets it go, so that an HTTP/1.1 connection goes back to
     /// the pool rather than being closed. Bounded by [`MAX_DRAIN`] bytes, [`DRAIN_WAIT`] and
     /// the deadline; past any of them the connection is closed, which costs only a new one
-    /// later. The bytes are not kept, so no memory for answers is taken.
-    pub async fn drain(mut self) {
+    /// later. The bytes are not kept, so no memory for answers is taken. Returns whether the
+    /// body was read to its end.
+    pub async fn drain(mut self) -> bool {
         let mut read = 0;
         let until = self.deadline.min(Instant::now() + DRAIN_WAIT);
         let drained = tokio::time::timeout_at(until.into(), async {
@@ -459,9 +464,11 @@ impl Reply<'_> {
             }
         })
         .await;
-        if !matches!(drained, Ok(true)) {
+        let drained = matches!(drained, Ok(true));
+        if !drained {
             tracing::debug!(url = %display_url(&self.url), "answer not drained: its connection is closed");
         }
+        drained
     }
 
     /// Reads an error body for its message; a failure to read it just means no message.

@@ -13,8 +13,8 @@
 //! never seen, a guess of [`MAX_WARM`], unless it is a registry known to speak HTTP/2. When
 //! the origin turns out to speak HTTP/2 (its first connection's TLS handshake tells, see
 //! `origins.rs`), the burst stops before any warm-up is sent. One burst runs per origin at a
-//! time. The session's later requests wait for its burst to be over rather than race it
-//! with new connections of their own.
+//! time. Each later request of the session waits for a warmed connection rather than race
+//! the burst with a new connection of its own.
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use tokio::sync::Notify;
+use tokio::sync::Semaphore;
 use url::Url;
 
 use super::error::display_url;
@@ -70,11 +70,11 @@ fn burst_size(origin: &Origin, host: &str, pool_idle: Duration) -> usize {
 }
 
 /// A session's warm-ups, as its own requests see them.
-#[derive(Default)]
 pub(super) struct Warming {
-    /// Set once the burst is over, or when there is none.
-    over: AtomicBool,
-    woken: Notify,
+    /// A permit for each pooled connection made ready for a later request: each warm-up's
+    /// when its answer was read, the first request's when its answer came. Closed when the
+    /// burst is over (or there is none): the pool then holds all it will get.
+    ready: Semaphore,
     /// Whether the session's first request has been sent.
     started: AtomicBool,
     /// How long the session's first request took, its connection included.
@@ -83,20 +83,30 @@ pub(super) struct Warming {
     sent: AtomicU32,
 }
 
+impl Default for Warming {
+    fn default() -> Self {
+        Warming {
+            ready: Semaphore::new(0),
+            started: AtomicBool::new(false),
+            first_took: OnceLock::new(),
+            sent: AtomicU32::new(0),
+        }
+    }
+}
+
 impl Warming {
     pub(super) fn sent(&self) -> u32 {
         self.sent.load(Ordering::Relaxed)
     }
 
     fn set_over(&self) {
-        self.over.store(true, Ordering::SeqCst);
-        self.woken.notify_waiters();
+        self.ready.close();
     }
 
     /// Called before each request of the session; returns whether it is the first. The first
-    /// goes at once, beside the burst. A later one waits for the burst to be over, since a
-    /// connection being warmed is ready sooner than a new one would be; but no longer than
-    /// the first request took (a new connection and an answer): a warm-up not over by then
+    /// goes at once, beside the burst. A later one, while the burst runs, waits for a warmed
+    /// connection, which is ready sooner than a new one would be; but no longer than the
+    /// first request took (a new connection and an answer): a warm-up not answered by then
     /// is stuck, and the request goes ahead on a connection of its own.
     pub(super) async fn before_request(&self) -> bool {
         if !self.started.swap(true, Ordering::SeqCst) {
@@ -105,24 +115,27 @@ impl Warming {
         let Some(&limit) = self.first_took.get() else {
             return false;
         };
-        let over = async {
-            loop {
-                let woken = self.woken.notified();
-                if self.over.load(Ordering::SeqCst) {
-                    return;
-                }
-                woken.await;
-            }
-        };
-        if tokio::time::timeout(limit, over).await.is_err() {
-            tracing::debug!("warm-ups not over in time: the request opens its own connection");
+        match tokio::time::timeout(limit, self.ready.acquire()).await {
+            // Taken for good: the connection it stands for is this request's.
+            Ok(Ok(permit)) => permit.forget(),
+            // The burst is over.
+            Ok(Err(_)) => {}
+            Err(_) => tracing::debug!("no warmed connection in time: the request opens its own"),
         }
         false
     }
 
-    /// Notes how long the session's first request took.
+    /// Notes how long the session's first request took; its connection is then ready for
+    /// another request.
     pub(super) fn first_took(&self, took: Duration) {
-        let _ = self.first_took.set(took);
+        if self.first_took.set(took).is_ok() {
+            self.ready.add_permits(1);
+        }
+    }
+
+    /// Notes a warm-up's connection ready in the pool.
+    fn warmed(&self) {
+        self.ready.add_permits(1);
     }
 }
 
@@ -177,8 +190,10 @@ impl Burst<'_> {
         let ping = self.base.join("/v2/").expect("an absolute path joins");
         let warm_ups = join_all((0..size).map(|_| async {
             let sent = &self.warming.sent;
-            if let Err(e) = self.transport.warm_up(&ping, self.deadline, sent).await {
-                tracing::debug!(error = %e, "warm-up failed");
+            match self.transport.warm_up(&ping, self.deadline, sent).await {
+                Ok(true) => self.warming.warmed(),
+                Ok(false) => {}
+                Err(e) => tracing::debug!(error = %e, "warm-up failed"),
             }
         }));
         // HTTP/2 is checked first, every time: a connection that negotiated it may have
@@ -244,21 +259,32 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn later_requests_wait_for_the_burst_at_most_as_long_as_the_first_took() {
+    async fn later_requests_wait_for_a_warmed_connection_at_most_as_long_as_the_first_took() {
         let warming = Warming::default();
+        let waited = || async {
+            let started = tokio::time::Instant::now();
+            assert!(!warming.before_request().await);
+            started.elapsed()
+        };
         assert!(warming.before_request().await, "the first goes at once");
         warming.first_took(Duration::from_millis(50));
-        let started = tokio::time::Instant::now();
-        assert!(!warming.before_request().await);
-        assert!(
-            started.elapsed() >= Duration::from_millis(50),
-            "waited for the burst until the limit"
+        assert_eq!(
+            waited().await,
+            Duration::ZERO,
+            "the first request's connection"
+        );
+        warming.warmed();
+        warming.warmed();
+        assert_eq!(waited().await, Duration::ZERO, "a warm-up's connection");
+        assert_eq!(waited().await, Duration::ZERO, "another");
+        assert_eq!(
+            waited().await,
+            Duration::from_millis(50),
+            "none left: the limit"
         );
         warming.set_over();
-        let again = tokio::time::Instant::now();
-        assert!(!warming.before_request().await);
         assert_eq!(
-            again.elapsed(),
+            waited().await,
             Duration::ZERO,
             "an ended burst holds nothing up"
         );
