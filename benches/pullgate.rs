@@ -3,7 +3,8 @@
 //!
 //! 1. hot path: reviews/s at saturation and latency at a fixed 1,000 reviews/s, all cached;
 //! 2. cold probe: requests and wall time of `pullgate check` beside `skopeo inspect` / `copy`;
-//! 3. round trips: the same with 25 ms each way on the registry, token realm and CDN hops;
+//! 3. round trips: the same with 25 ms each way on the registry, token realm and CDN hops,
+//!    over HTTP/2 and over HTTP/1.1;
 //! 4. herd: 1,000 concurrent reviews of one uncached image, manifest GETs counted upstream;
 //! 5. fan-out: a Pod of 20 uncached images against a Pod of one;
 //! 6. memory: peak RSS during the hot path, and RSS with 100,000 cached verdicts;
@@ -36,6 +37,8 @@ mod procs;
 mod pulls;
 #[path = "pullgate/report.rs"]
 mod report;
+#[path = "pullgate/rtt.rs"]
+mod rtt;
 
 use std::time::Instant;
 
@@ -131,7 +134,7 @@ async fn run(selected: &[&str], full: bool) -> anyhow::Result<Report> {
             cold::cold_probe(&mut ctx, &images).await?;
         }
         if wants("rtt") {
-            cold::round_trips(&mut ctx, &images).await?;
+            rtt::round_trips(&mut ctx, &images).await?;
         }
     }
     if wants("herd") {

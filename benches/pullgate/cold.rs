@@ -1,29 +1,20 @@
-//! Items 2 and 3: a cold `pullgate check` (a fresh process: no token, no connection, no
-//! known challenge) beside `skopeo inspect` and `skopeo copy` on the same images, first on
-//! loopback, then with 25 ms each way on every hop.
+//! Item 2: a cold `pullgate check` (a fresh process: no token, no connection, no known
+//! challenge) beside `skopeo inspect` and `skopeo copy` on the same images, on loopback. Item
+//! 3 (`rtt.rs`) measures the same with latency on every hop.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
-
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use std::time::Duration;
 
 use crate::Ctx;
-use crate::procs::{Skopeo, SkopeoEnv, median, pullgate_check};
+use crate::procs::{SKOPEO, Skopeo, SkopeoEnv, median, pullgate_check};
 use crate::report::Status;
-use crate::support::{
-    Action, Cdn, DelayProxy, ImageSpec, PlatformSpec, PolicyProxy, Registry, RegistryAuth, Rule,
-    TOKEN_ISSUER, TOKEN_SERVICE, TokenServer, push_image, push_index,
-};
+use crate::support::{ImageSpec, PlatformSpec, PolicyProxy, TokenServer, push_image, push_index};
 
 const REPS: usize = 5;
-const RTT_REPS: usize = 3;
-pub const ONE_WAY: Duration = Duration::from_millis(25);
 const LAYERS: [usize; 3] = [2 * 1024 * 1024, 512 * 1024, 32 * 1024];
-const SKOPEO: [Skopeo; 3] = [Skopeo::InspectRaw, Skopeo::Inspect, Skopeo::Copy];
 
 /// The two images of items 2 and 3: `(label, repo:tag, protocol minimum requests)`.
-pub struct Images(Vec<(&'static str, String, u64)>);
+pub struct Images(pub Vec<(&'static str, String, u64)>);
 
 pub async fn push_images(ctx: &Ctx) -> anyhow::Result<Images> {
     let spec = ImageSpec::new().with_layers(&LAYERS);
@@ -189,200 +180,6 @@ pub async fn cold_probe(ctx: &mut Ctx, images: &Images) -> anyhow::Result<()> {
             );
             ctx.report
                 .note(format!("{}, {label}: {}.", s.label(), counts.detail));
-        }
-    }
-    Ok(())
-}
-
-/// A registry of its own whose token realm is the delayed token server, with a delaying proxy
-/// in front of it too.
-pub struct FarRegistry {
-    pub tokens: DelayProxy,
-    pub registry: Registry,
-    /// The registry, `ONE_WAY` away.
-    pub front: DelayProxy,
-}
-
-impl FarRegistry {
-    pub async fn start(ctx: &Ctx) -> anyhow::Result<FarRegistry> {
-        let tokens = DelayProxy::start(ctx.tokens.host().parse()?, ONE_WAY).await;
-        let registry = ctx.w.registry(RegistryAuth::Token {
-            realm: format!("{}/token", tokens.base()),
-            service: TOKEN_SERVICE.to_owned(),
-            issuer: TOKEN_ISSUER.to_owned(),
-            rootcertbundle_pem: ctx.tokens.signing_cert_pem().to_owned(),
-        });
-        let front = DelayProxy::start(registry.addr, ONE_WAY).await;
-        Ok(FarRegistry {
-            tokens,
-            registry,
-            front,
-        })
-    }
-}
-
-/// What a round trip through a [`DelayProxy`] costs here: the median of 20 one-byte echoes
-/// on an open connection through a proxy of [`ONE_WAY`]. It is a little more than
-/// `2 × ONE_WAY`: the proxy's threads wake shortly after each deadline, on the same 2 cores as
-/// everything measured.
-async fn measured_rtt() -> anyhow::Result<Duration> {
-    let echo = TcpListener::bind("127.0.0.1:0").await?;
-    let upstream = echo.local_addr()?;
-    let server = tokio::spawn(async move {
-        let (mut s, _) = echo.accept().await?;
-        s.set_nodelay(true)?;
-        let mut b = [0u8; 1];
-        while s.read_exact(&mut b).await.is_ok() {
-            s.write_all(&b).await?;
-        }
-        anyhow::Ok(())
-    });
-    let proxy = DelayProxy::start(upstream, ONE_WAY).await;
-    let mut c = TcpStream::connect(proxy.addr).await?;
-    c.set_nodelay(true)?;
-    let mut b = [0u8; 1];
-    let mut samples = Vec::new();
-    // The first echo also waits for the simulated TCP handshake.
-    for i in 0..21 {
-        let t = Instant::now();
-        c.write_all(&[1]).await?;
-        c.read_exact(&mut b).await?;
-        if i > 0 {
-            samples.push(t.elapsed());
-        }
-    }
-    drop(c);
-    server.abort();
-    Ok(median(samples))
-}
-
-/// A topology with latency on every hop.
-struct Hop<'a> {
-    label: &'static str,
-    registry: &'a DelayProxy,
-    /// Round trips the topology adds to the minimum without a CDN.
-    extra: u64,
-}
-
-pub async fn round_trips(ctx: &mut Ctx, images: &Images) -> anyhow::Result<()> {
-    println!(
-        "\n[3] round trips: {} ms each way on the registry, the token realm and the CDN",
-        ONE_WAY.as_millis()
-    );
-    let pki = &ctx.w.pki;
-    let FarRegistry {
-        tokens: delayed_tokens,
-        registry,
-        front: direct,
-    } = FarRegistry::start(ctx).await?;
-    let cdn = Cdn::start(pki, Some(&registry)).await;
-    let delayed_cdn = DelayProxy::start(cdn.host().parse()?, ONE_WAY).await;
-    let redirecting = PolicyProxy::start(pki, &registry).await;
-    redirecting.rule(Rule::new(
-        None,
-        "/blobs/",
-        Action::RedirectTo {
-            base: delayed_cdn.base(),
-        },
-    ));
-    let via_cdn = DelayProxy::start(redirecting.addr(), ONE_WAY).await;
-    let nominal = direct.rtt();
-    let rtt = measured_rtt().await?;
-    ctx.report.info(
-        "3",
-        "round trip through the delaying proxy, measured (nominal)",
-        format!(
-            "{:.1} ms ({} ms)",
-            rtt.as_secs_f64() * 1000.0,
-            nominal.as_millis()
-        ),
-    );
-    let skopeo = SkopeoEnv::new(ctx.dir.path(), pki);
-    ctx.report.note(format!(
-        "Round trips (3): a TCP proxy delays every byte {} ms each way (RTT {} ms; a new \
-         connection's first byte waits one RTT for the TCP handshake; TLS passes through) in \
-         front of the registry, of its token realm (the registry's configured realm is the \
-         delayed address) and, in the CDN topology, of the blob host the registry redirects \
-         every blob GET to (307). Wall time of the whole command from spawn to exit, median \
-         of {RTT_REPS}, divided by the round trip measured through such a proxy (a one-byte \
-         echo on an open connection, median of 20; the proxy's wake-ups on the shared cores \
-         make it a little longer than nominal), with the figure at the nominal RTT beside it. \
-         Protocol minimum: 2 RTT per new connection (TCP + \
-         TLS 1.3) and 1 per request, the token and CDN connections opened as soon as their \
-         host is known, blobs in parallel: 3 (registry connection + manifest → 401) + 3 \
-         (token connection + token) + 1 (manifest) [+ 1 platform manifest] + 1 (blobs) = 8 \
-         [9]; with the CDN, + 3 (CDN connection + blob GET after the 307s) = 11 [12].",
-        ONE_WAY.as_millis(),
-        nominal.as_millis()
-    ));
-    let hops = [
-        Hop {
-            label: "no CDN",
-            registry: &direct,
-            extra: 0,
-        },
-        Hop {
-            label: "blobs via CDN",
-            registry: &via_cdn,
-            extra: 3,
-        },
-    ];
-    for hop in &hops {
-        for (label, path, minimum_requests) in &images.0 {
-            // 8 RTT for the single-arch image; the platform manifest adds one.
-            let minimum = 8 + (minimum_requests - 7) + hop.extra;
-            let reference = format!("{}/{path}", hop.registry.host());
-            let conns = |d: &DelayProxy| d.connections();
-            let before = [
-                conns(hop.registry),
-                conns(&delayed_tokens),
-                conns(&delayed_cdn),
-            ];
-            let first = pullgate_check(pki, &reference).await?;
-            let opened = [
-                conns(hop.registry) - before[0],
-                conns(&delayed_tokens) - before[1],
-                conns(&delayed_cdn) - before[2],
-            ];
-            let mut walls = vec![first.wall];
-            let mut probes = vec![Duration::from_millis(first.elapsed_ms)];
-            for _ in 1..RTT_REPS {
-                let c = pullgate_check(pki, &reference).await?;
-                walls.push(c.wall);
-                probes.push(Duration::from_millis(c.elapsed_ms));
-            }
-            let (wall, probe) = (median(walls), median(probes));
-            let in_rtt = |d: Duration| d.as_secs_f64() / rtt.as_secs_f64();
-            ctx.report.row(
-                "3",
-                format!("pullgate check, {label}, {}", hop.label),
-                format!(
-                    "{:.1} RTT ({} ms; probe alone {:.1} RTT; {:.1} at the nominal RTT)",
-                    in_rtt(wall),
-                    wall.as_millis(),
-                    in_rtt(probe),
-                    wall.as_secs_f64() / nominal.as_secs_f64()
-                ),
-                format!("≤ {} RTT (minimum {minimum} + 1)", minimum + 1),
-                Status::of(in_rtt(wall) <= (minimum + 1) as f64),
-            );
-            ctx.report.note(format!(
-                "pullgate check, {label}, {}: {} requests; TCP connections opened: registry {}, \
-                 token realm {}, CDN {}.",
-                hop.label, first.requests, opened[0], opened[1], opened[2]
-            ));
-            for s in SKOPEO {
-                let mut walls = Vec::new();
-                for _ in 0..RTT_REPS {
-                    walls.push(skopeo.run(s, &reference).await?);
-                }
-                let wall = median(walls);
-                ctx.report.info(
-                    "3",
-                    format!("{}, {label}, {}", s.label(), hop.label),
-                    format!("{:.1} RTT ({} ms)", in_rtt(wall), wall.as_millis()),
-                );
-            }
         }
     }
     Ok(())

@@ -6,11 +6,11 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::Ctx;
-use crate::cold::{FarRegistry, ONE_WAY};
 use crate::load::{self, Target};
 use crate::pod::pod_review_bytes;
 use crate::procs::{Server, median, write_docker_config};
 use crate::report::Status;
+use crate::rtt::{FarRegistry, ONE_WAY};
 use crate::support::{ImageSpec, PolicyProxy};
 
 const HERD: usize = 1_000;

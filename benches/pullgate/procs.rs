@@ -246,6 +246,8 @@ pub struct Check {
     pub wall: Duration,
     pub verdict: String,
     pub requests: u64,
+    /// Warm-ups sent (`GET /v2/` opening connections ahead of need), not in `requests`.
+    pub warmups: u64,
     pub elapsed_ms: u64,
 }
 
@@ -270,6 +272,7 @@ pub async fn pullgate_check(pki: &Pki, reference: &str) -> anyhow::Result<Check>
         wall,
         verdict: report["verdict"].as_str().unwrap_or_default().to_owned(),
         requests: report["requests"].as_u64().unwrap_or(0),
+        warmups: report["warmups"].as_u64().unwrap_or(0),
         elapsed_ms: report["elapsed_ms"].as_u64().unwrap_or(0),
     };
     if check.verdict != "pullable" {
@@ -277,6 +280,9 @@ pub async fn pullgate_check(pki: &Pki, reference: &str) -> anyhow::Result<Check>
     }
     Ok(check)
 }
+
+/// Every way skopeo is asked.
+pub const SKOPEO: [Skopeo; 3] = [Skopeo::InspectRaw, Skopeo::Inspect, Skopeo::Copy];
 
 /// What skopeo is asked to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -115,7 +115,7 @@ pub struct Report {
     pub credential: Option<String>,
     /// Credentials tried, in the kubelet's order (1 for an anonymous probe).
     pub attempts: u32,
-    /// HTTP requests made, over all attempts.
+    /// HTTP requests made, over all attempts; warm-ups not.
     pub requests: u32,
     /// Manifest GETs and HEADs sent, over all attempts (one each however many auth rounds it
     /// took).
@@ -131,6 +131,11 @@ pub struct Report {
     /// What the registry last said is left of the pulls (`ratelimit-*` headers).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Warm-ups sent, over all attempts: `GET /v2/` without credentials, sent beside the
+    /// first request to open the connections an HTTP/1.1 registry's later requests use. Not
+    /// sent to registries that speak HTTP/2.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub warmups: u32,
     pub elapsed_ms: u64,
 }
 
@@ -196,7 +201,7 @@ pub async fn probe(
         return unfinished(&image.to_string(), options.timeout);
     };
     let mut best: Option<Report> = None;
-    let (mut requests, mut gets, mut heads, mut pulls) = (0, 0, 0, 0);
+    let (mut requests, mut gets, mut heads, mut pulls, mut warmups) = (0, 0, 0, 0, 0);
     let mut rate_limit = None;
     let mut tried = 0;
     for credential in attempts {
@@ -210,6 +215,7 @@ pub async fn probe(
         heads += report.manifest_heads;
         pulls += report.pulls;
         rate_limit = report.rate_limit.or(rate_limit);
+        warmups += report.warmups;
         let done = report.verdict == Verdict::Pullable || Instant::now() >= deadline;
         if best.as_ref().is_none_or(|b| {
             report.verdict == Verdict::Pullable || report.verdict.severity() > b.verdict.severity()
@@ -227,11 +233,13 @@ pub async fn probe(
     report.manifest_heads = heads;
     report.pulls = pulls;
     report.rate_limit = rate_limit;
+    report.warmups = warmups;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     tracing::debug!(
         image = %report.reference,
         verdict = %report.verdict,
         requests = report.requests,
+        warmups = report.warmups,
         elapsed_ms = report.elapsed_ms,
         "probed image"
     );
@@ -266,7 +274,8 @@ async fn probe_once(
     report.credential = credential.map(|c| c.source().to_owned());
     report.attempts = 1;
     report.metered = options.metered;
-    let outcome = tokio::time::timeout_at(deadline.into(), run(&course, &mut report)).await;
+    let outcome =
+        tokio::time::timeout_at(deadline.into(), session.warmed(run(&course, &mut report))).await;
     let failure = match outcome {
         Ok(result) => result.err(),
         Err(_) => Some(Failure::new(
@@ -296,6 +305,7 @@ async fn probe_once(
     report.manifest_heads = session.manifest_heads();
     report.pulls = ledger.pulls();
     report.rate_limit = ledger.stated();
+    report.warmups = session.warmups();
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     report
 }
@@ -370,6 +380,7 @@ impl Report {
             metered: false,
             pulls: 0,
             rate_limit: None,
+            warmups: 0,
             elapsed_ms: 0,
         }
     }

@@ -99,6 +99,7 @@ impl<'a> Authenticator<'a> {
         // The 401 is let go before any other request: its connection slot may be the last
         // one to this host, which the ping or the token request would then wait for forever.
         // `kept` is `None` once it is gone; where it is the answer, it is asked for again.
+        // It is drained, not dropped, so that an HTTP/1.1 connection goes back to the pool.
         let (challenge, kept) = match offered_challenge(&resp) {
             Offered::Challenge(challenge) => (challenge, Some(resp)),
             Offered::Unsupported => return Ok(resp),
@@ -109,7 +110,7 @@ impl<'a> Authenticator<'a> {
                 });
             }
             Offered::Nothing => {
-                drop(resp);
+                resp.drain().await;
                 match self.ping_challenge(url).await? {
                     Some(challenge) => (challenge, None),
                     None => {
@@ -148,7 +149,9 @@ impl<'a> Authenticator<'a> {
                 }
             };
         }
-        drop(kept);
+        if let Some(resp) = kept {
+            resp.drain().await;
+        }
         let (auth, _) = self.authorize(url, &challenge, credential).await?;
         self.transport
             .send(method, url, headers, auth.as_ref(), self.exchange)
@@ -163,15 +166,18 @@ impl<'a> Authenticator<'a> {
             .transport
             .send(&Method::GET, &ping, &HeaderMap::new(), None, self.exchange)
             .await?;
-        if resp.status() != StatusCode::UNAUTHORIZED {
-            return Ok(None);
-        }
-        let values = resp
-            .headers()
-            .get_all(header::WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok());
-        Ok(challenge::select(values).ok())
+        let challenge = if resp.status() == StatusCode::UNAUTHORIZED {
+            let values = resp
+                .headers()
+                .get_all(header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok());
+            challenge::select(values).ok()
+        } else {
+            None
+        };
+        resp.drain().await;
+        Ok(challenge)
     }
 
     fn token_key(

@@ -3,7 +3,7 @@
 //! Each image gets a [`Session`] of it.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -16,6 +16,7 @@ use super::session::Session;
 use super::slots::host_of;
 use super::token::{self, TokenCache};
 use super::transport::{RequestObserver, Transport};
+use super::warm::Warming;
 use crate::oci::reference::ImageRef;
 
 /// Challenges kept, by bytes: a few hundred bytes each for real registries.
@@ -104,6 +105,9 @@ impl RegistryClient {
             requests: AtomicU32::new(0),
             manifest_gets: AtomicU32::new(0),
             manifest_heads: AtomicU32::new(0),
+            in_flight: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            warming: Warming::default(),
         }
     }
 }

@@ -12,11 +12,13 @@ mod egress;
 mod error;
 mod message;
 mod options;
+mod origins;
 mod ratelimit;
 mod session;
 mod slots;
 mod token;
 mod transport;
+mod warm;
 
 pub use client::RegistryClient;
 pub use credential::{Credential, CredentialId};

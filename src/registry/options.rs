@@ -21,6 +21,8 @@ pub struct ClientOptions {
     /// Upper bound for one HTTP exchange, body included.
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
+    /// How long an idle pooled connection is kept for the next request to its origin.
+    pub pool_idle: Duration,
     /// The SSRF guard: which addresses may be connected to.
     pub egress: EgressPolicy,
     /// Probes running at once against one registry host (all its ports together); more
@@ -37,6 +39,7 @@ impl Default for ClientOptions {
             insecure_skip_tls_verify: false,
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
+            pool_idle: Duration::from_secs(30),
             egress: EgressPolicy::default(),
             probes_per_host: 32,
             outbound: OutboundLimits::default(),

@@ -1,9 +1,11 @@
 //! The top layer: one image's registry, one credential, one deadline. It asks for what the
 //! probe needs in OCI terms (the manifest, one byte of a blob), follows redirects itself (at
 //! most [`MAX_REDIRECTS`], never from HTTPS to HTTP), sends the credential only to the
-//! registry's own origin, and counts every request it makes.
+//! registry's own origin, counts every request it makes, and warms the registry's
+//! connections beside them ([`Session::warmed`]).
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use reqwest::{
@@ -17,6 +19,7 @@ use super::auth::{Authenticator, origin};
 use super::client::Shared;
 use super::error::{FetchError, MAX_REDIRECTS, display_url};
 use super::transport::{Exchange, Reply};
+use super::warm::{Burst, Warming};
 use crate::oci::digest::Digest;
 use crate::oci::manifest;
 
@@ -30,12 +33,57 @@ pub struct Session<'a> {
     pub(super) requests: AtomicU32,
     pub(super) manifest_gets: AtomicU32,
     pub(super) manifest_heads: AtomicU32,
+    /// Requests in flight now, and the most there were at once.
+    pub(super) in_flight: AtomicUsize,
+    pub(super) peak: AtomicUsize,
+    pub(super) warming: Warming,
+}
+
+/// A request of the session in flight; counted while it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(now: &'a AtomicUsize, peak: &AtomicUsize) -> Self {
+        let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+        peak.fetch_max(n, Ordering::SeqCst);
+        InFlight(now)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Session<'_> {
-    /// HTTP requests made so far (token requests and redirect hops included).
+    /// HTTP requests made so far (token requests and redirect hops included), warm-ups not.
     pub fn requests(&self) -> u32 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Warm-ups (`GET /v2/` without credentials, to open a connection ahead of need) sent
+    /// so far.
+    pub fn warmups(&self) -> u32 {
+        self.warming.sent()
+    }
+
+    /// Runs `work`, the session's requests, with the registry's connections warmed beside it:
+    /// over HTTP/1.1, the connections its later requests will need are opened while its first
+    /// request is on its way (see `warm.rs`). Its first request should be sent first.
+    pub async fn warmed<F: Future>(&self, work: F) -> F::Output {
+        let burst = Burst {
+            transport: &self.shared.transport,
+            base: &self.base,
+            deadline: self.deadline,
+            warming: &self.warming,
+        };
+        let out = burst.beside(work).await;
+        self.shared
+            .transport
+            .origin(&self.base)
+            .session_ended(self.peak.load(Ordering::SeqCst), Instant::now());
+        out
     }
 
     /// Manifest GETs asked for so far; a GET answered after an auth challenge counts once.
@@ -108,11 +156,17 @@ impl Session<'_> {
             },
         };
         let registry = origin(&self.base);
+        let first = self.warming.before_request().await;
+        let started = Instant::now();
+        let _in_flight = InFlight::enter(&self.in_flight, &self.peak);
         let mut url = self.url(path);
         for _ in 0..=MAX_REDIRECTS {
             let resp = auth
                 .send(method, &url, headers, origin(&url) == registry)
                 .await?;
+            if first {
+                self.warming.first_took(started.elapsed());
+            }
             if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
                 return Ok(resp);
             }
@@ -127,6 +181,8 @@ impl Session<'_> {
                     url: display_url(&url),
                     reason: "Location is not a valid URL".to_owned(),
                 })?;
+            // Read to its end, the redirect's connection can carry another request.
+            resp.drain().await;
             match (url.scheme(), next.scheme()) {
                 ("https", "https") | ("http", "https" | "http") => {}
                 (_, scheme) => {

@@ -142,6 +142,24 @@ impl Outbound {
         Slot::Shared(lease)
     }
 
+    /// A connection's worth of permits for a request that may as well not be sent (a
+    /// warm-up): only when one is free at once, and never the last free one of its host or
+    /// of the total, which a request that must be sent may be about to ask for.
+    pub(crate) fn spare_slot(&self, url: &Url) -> Option<Slot> {
+        let host = self
+            .hosts
+            .get_with(host_of(url), || Arc::new(Semaphore::new(self.per_host)));
+        if host.available_permits() < 2 || self.total.available_permits() < 2 {
+            return None;
+        }
+        let host = host.try_acquire_owned().ok()?;
+        let total = self.total.clone().try_acquire_owned().ok()?;
+        Some(Slot::Own(Lease {
+            _host: host,
+            _total: total,
+        }))
+    }
+
     fn live(&self, origin: &str) -> Option<Arc<Lease>> {
         let shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
         shared.by_origin.get(origin).and_then(Weak::upgrade)
@@ -337,6 +355,20 @@ mod tests {
         let _x = out.slot(&plain).await;
         let _y = out.slot(&plain).await;
         assert_eq!(out.in_use(&plain), 2);
+    }
+
+    #[tokio::test]
+    async fn spare_slots_never_take_the_last_free_one() {
+        let out = Outbound::new(&limits(100, 3));
+        let registry = url("https://r.example/v2/");
+        let a = out.spare_slot(&registry).expect("3 free");
+        let b = out.spare_slot(&registry).expect("2 free");
+        assert!(out.spare_slot(&registry).is_none(), "the last one is kept");
+        let _c = out.slot(&registry).await;
+        drop((a, b));
+        let few = Outbound::new(&limits(2, 10));
+        let _d = few.slot(&registry).await;
+        assert!(few.spare_slot(&url("https://s.example/")).is_none());
     }
 
     #[tokio::test]

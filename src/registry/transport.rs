@@ -2,10 +2,11 @@
 //! host's 429 back-off forbids before a byte is sent, takes a connection slot, sends with the
 //! exchange's timeout, notes the answer's protocol and any back-off, and hands back the answer
 //! with its slot ([`Reply`]), whose body is read within a bound of bytes and of the memory
-//! for answers. It knows nothing of authentication.
+//! for answers, or drained so that an HTTP/1.1 connection goes back to the pool. It also
+//! sends warm-ups ([`Transport::warm_up`]). It knows nothing of authentication.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,7 @@ use super::egress::GuardedResolver;
 use super::error::{FetchError, classify_reqwest, display_url};
 use super::message::RegistryMessage;
 use super::options::{ClientError, ClientOptions, tls_config};
+use super::origins::{Dial, HandshakeLayer, Origin, Origins, WarmUpOnHttp2};
 use super::slots::{FdGuardLayer, Outbound, Slot};
 
 /// Error bodies are read only for the registry's message.
@@ -30,10 +32,13 @@ pub const MAX_ERROR_BODY: usize = 64 * 1024;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// The back-off after a 429 without a usable `Retry-After`.
 const DEFAULT_BACKOFF: Duration = Duration::from_secs(5);
-/// Idle pooled connections are closed after this long.
-const POOL_IDLE: Duration = Duration::from_secs(30);
 /// Idle connections kept per origin: as many as one image's blob probes use at once.
-const POOL_IDLE_PER_ORIGIN: usize = 16;
+pub(super) const POOL_IDLE_PER_ORIGIN: usize = 16;
+/// The most of an answer that is read only so that its connection can be used again, and
+/// the longest it is waited for; a longer or slower answer's connection is closed instead.
+/// (Bodies read only to be let go are short, and come with their head.)
+const MAX_DRAIN: usize = MAX_ERROR_BODY;
+const DRAIN_WAIT: Duration = Duration::from_secs(1);
 /// A fresh pool is started at most this often when descriptors run short.
 const RENEW_EVERY: Duration = Duration::from_secs(5);
 /// HTTP/2 flow-control windows: a manifest flows in a round trip or two, and a registry that
@@ -56,6 +61,8 @@ pub(super) struct Transport {
     /// When the client was last replaced.
     renewed: Mutex<Instant>,
     outbound: Outbound,
+    /// What is known of each origin: its protocol, its use.
+    origins: Origins,
     /// Hosts that answered 429, with when they may be asked again.
     backoff: moka::sync::Cache<String, Instant>,
     options: ClientOptions,
@@ -84,10 +91,11 @@ fn http_client(
         builder = builder.connector_layer(guard);
     }
     builder
+        .connector_layer(HandshakeLayer)
         .tls_backend_preconfigured(tls)
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(options.connect_timeout)
-        .pool_idle_timeout(POOL_IDLE)
+        .pool_idle_timeout(options.pool_idle)
         .pool_max_idle_per_host(POOL_IDLE_PER_ORIGIN)
         .http2_initial_stream_window_size(H2_STREAM_WINDOW)
         .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)
@@ -111,6 +119,7 @@ impl Transport {
             fd_guard,
             renewed: Mutex::new(Instant::now()),
             outbound: Outbound::new(&options.outbound),
+            origins: Origins::new(),
             backoff: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(MAX_BACKOFF)
@@ -122,6 +131,11 @@ impl Transport {
 
     pub(super) fn options(&self) -> &ClientOptions {
         &self.options
+    }
+
+    /// What is known of `url`'s origin.
+    pub(super) fn origin(&self, url: &Url) -> Arc<Origin> {
+        self.origins.of(url)
     }
 
     /// The HTTP client in service. When the descriptor guard refused a connection, a fresh
@@ -184,20 +198,12 @@ impl Transport {
         }
         exchange.requests.fetch_add(1, Ordering::Relaxed);
         tracing::trace!(url = %display_url(url), "registry request");
-        let result = req.send().await;
-        if let Some(observe) = &self.observer {
-            observe(
-                url.host_str().unwrap_or_default(),
-                result.as_ref().ok().map(|r| r.status().as_u16()),
-            );
-        }
-        if let Ok(resp) = &result {
-            self.outbound.learn(url, resp.version());
-            if resp.status() == StatusCode::TOO_MANY_REQUESTS {
-                self.backoff
-                    .insert(host_key(url), Instant::now() + retry_after(resp.headers()));
-            }
-        }
+        let dial = Dial {
+            origin: self.origins.of(url),
+            warm_up: None,
+        };
+        let result = dial.run(req.send()).await;
+        self.answered(url, &result);
         let response = result.map_err(|e| classify_reqwest(url, &e))?;
         Ok(Reply {
             response,
@@ -206,6 +212,82 @@ impl Transport {
             deadline,
             _slot: slot,
         })
+    }
+
+    /// Sends one warm-up to `ping` (the registry's `/v2/`): without credentials, only when a
+    /// spare connection slot is free, and reads the answer to its end, so that its connection
+    /// goes back to the pool for the requests that follow; `Ok(true)` when it did. Adds one
+    /// to `sent` once it is on the wire (also when it is let go unanswered); not when it was
+    /// never sent: no spare slot, or its connection negotiated HTTP/2 and was closed unused.
+    pub(super) async fn warm_up(
+        &self,
+        ping: &Url,
+        deadline: Instant,
+        sent: &AtomicU32,
+    ) -> Result<bool, FetchError> {
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        self.admit(ping)?;
+        let Some(slot) = self.outbound.spare_slot(ping) else {
+            return Ok(false);
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let req = self
+            .http()
+            .get(ping.clone())
+            .timeout(remaining.min(self.options.request_timeout));
+        let on_wire = Arc::new(AtomicBool::new(false));
+        let _count = CountIfSent {
+            on_wire: on_wire.clone(),
+            sent,
+        };
+        let dial = Dial {
+            origin: self.origins.of(ping),
+            warm_up: Some(on_wire.clone()),
+        };
+        let result = dial.run(req.send()).await;
+        if let Err(e) = &result
+            && refused_on_http2(e)
+        {
+            return Ok(false);
+        }
+        // Also when it went on a pooled connection, which the connector did not see.
+        on_wire.store(true, Ordering::SeqCst);
+        self.answered(ping, &result);
+        let response = result.map_err(|e| classify_reqwest(ping, &e))?;
+        let drained = Reply {
+            response,
+            url: ping.clone(),
+            transport: self,
+            deadline,
+            _slot: slot,
+        }
+        .drain()
+        .await;
+        // The connection goes back to the pool from a task of the client's, woken as the
+        // body ended; a turn of the scheduler lets it run before a request is told the
+        // connection is ready, which would otherwise find none idle and open one.
+        tokio::task::yield_now().await;
+        Ok(drained)
+    }
+
+    /// Notes what an answer (or its absence) tells: the observer's count, the origin's
+    /// protocol for connection slots, a 429's back-off.
+    fn answered(&self, url: &Url, result: &Result<Response, reqwest::Error>) {
+        if let Some(observe) = &self.observer {
+            observe(
+                url.host_str().unwrap_or_default(),
+                result.as_ref().ok().map(|r| r.status().as_u16()),
+            );
+        }
+        if let Ok(resp) = result {
+            self.outbound.learn(url, resp.version());
+            if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+                self.backoff
+                    .insert(host_key(url), Instant::now() + retry_after(resp.headers()));
+            }
+        }
     }
 
     /// Refuses a request the egress guard or a host's back-off forbids, before any byte is
@@ -238,6 +320,32 @@ impl Transport {
         }
         Ok(())
     }
+}
+
+/// Counts a warm-up when it is done or let go, if it went on the wire.
+struct CountIfSent<'a> {
+    on_wire: Arc<AtomicBool>,
+    sent: &'a AtomicU32,
+}
+
+impl Drop for CountIfSent<'_> {
+    fn drop(&mut self) {
+        if self.on_wire.load(Ordering::SeqCst) {
+            self.sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Whether the connector closed this request's connection unused: a warm-up on HTTP/2.
+fn refused_on_http2(e: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<WarmUpOnHttp2>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// host[:port], the unit of back-off.
@@ -333,6 +441,34 @@ impl Reply<'_> {
             bytes: buf.freeze(),
             _share: share,
         })
+    }
+
+    /// Reads the rest of the body and lets it go, so that an HTTP/1.1 connection goes back to
+    /// the pool rather than being closed. Bounded by [`MAX_DRAIN`] bytes, [`DRAIN_WAIT`] and
+    /// the deadline; past any of them the connection is closed, which costs only a new one
+    /// later. The bytes are not kept, so no memory for answers is taken. Returns whether the
+    /// body was read to its end.
+    pub async fn drain(mut self) -> bool {
+        let mut read = 0;
+        let until = self.deadline.min(Instant::now() + DRAIN_WAIT);
+        let drained = tokio::time::timeout_at(until.into(), async {
+            loop {
+                match self.response.chunk().await {
+                    Ok(Some(chunk)) => read += chunk.len(),
+                    Ok(None) => return true,
+                    Err(_) => return false,
+                }
+                if read > MAX_DRAIN {
+                    return false;
+                }
+            }
+        })
+        .await;
+        let drained = matches!(drained, Ok(true));
+        if !drained {
+            tracing::debug!(url = %display_url(&self.url), "answer not drained: its connection is closed");
+        }
+        drained
     }
 
     /// Reads an error body for its message; a failure to read it just means no message.

@@ -12,6 +12,25 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tempfile::TempDir;
 
+/// The HTTP versions a test server offers in ALPN.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocols {
+    /// `h2` and `http/1.1`, the client choosing, as most registries and CDNs do.
+    #[default]
+    Http2AndHttp1,
+    /// `http/1.1` only, as nginx without `http2`, Nexus and older Harbor setups.
+    Http1Only,
+}
+
+impl Protocols {
+    fn alpn(self) -> Vec<Vec<u8>> {
+        match self {
+            Protocols::Http2AndHttp1 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            Protocols::Http1Only => vec![b"http/1.1".to_vec()],
+        }
+    }
+}
+
 pub struct Pki {
     issuer: Issuer<'static, KeyPair>,
     ca_pem: String,
@@ -145,8 +164,13 @@ impl Pki {
     }
 
     pub fn server_tls(&self, hosts: &[&str]) -> Arc<ServerConfig> {
+        self.server_tls_speaking(hosts, Protocols::default())
+    }
+
+    /// [`Pki::server_tls`] offering only `protocols`.
+    pub fn server_tls_speaking(&self, hosts: &[&str], protocols: Protocols) -> Arc<ServerConfig> {
         let (cert, key) = self.issue_der(hosts);
-        server_config(cert, key)
+        server_config(cert, key, protocols)
     }
 
     /// A server certificate from this CA that expired yesterday.
@@ -156,7 +180,7 @@ impl Pki {
             params.not_after = rcgen::date_time_ymd(2021, 1, 1);
         });
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        server_config(cert.der().clone(), key)
+        server_config(cert.der().clone(), key, Protocols::default())
     }
 }
 
@@ -167,21 +191,23 @@ pub fn self_signed_server_tls(hosts: &[&str]) -> Arc<ServerConfig> {
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
         certified.signing_key.serialize_der(),
     ));
-    server_config(certified.cert.der().clone(), key)
+    server_config(certified.cert.der().clone(), key, Protocols::default())
 }
 
-fn server_config(cert: CertificateDer<'static>, key: PrivateKeyDer<'static>) -> Arc<ServerConfig> {
-    {
-        let mut config =
-            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("ring supports the default protocol versions")
-                .with_no_client_auth()
-                .with_single_cert(vec![cert], key)
-                .expect("server certificate and key match");
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Arc::new(config)
-    }
+fn server_config(
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+    protocols: Protocols,
+) -> Arc<ServerConfig> {
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .expect("server certificate and key match");
+    config.alpn_protocols = protocols.alpn();
+    Arc::new(config)
 }
 
 /// A reqwest client that trusts only the test CA. Redirects are not followed because the

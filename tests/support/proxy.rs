@@ -10,13 +10,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::hub::Accounting;
-use super::pki::{Pki, test_client};
+use super::pki::{Pki, Protocols, test_client};
 use super::registry::Registry;
-use super::server::{TestServer, serve_tls};
+use super::server::{ConnectionId, TestServer, serve_tls};
 
 /// One request as a [`PolicyProxy`] or [`Cdn`] received it.
 #[derive(Clone, Debug)]
@@ -26,6 +26,8 @@ pub struct Seen {
     pub query: Option<String>,
     pub authorization: Option<String>,
     pub range: Option<String>,
+    /// The connection it came on.
+    pub connection: Option<ConnectionId>,
 }
 
 #[derive(Clone, Debug)]
@@ -66,6 +68,14 @@ pub enum Action {
         status: u16,
         headers: Vec<(String, String)>,
         body: String,
+    },
+    /// Like [`Action::Respond`], but the body follows its head `pause` later, in a packet
+    /// of its own, as from a proxy relaying an upstream's answer.
+    RespondSlowly {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+        pause: Duration,
     },
     /// 307 to `base` + the original path and query, like a registry handing blobs to a CDN.
     RedirectTo { base: String },
@@ -119,7 +129,8 @@ impl Policy {
         self.rules.lock().unwrap().push((rule, times));
     }
 
-    fn record(&self, method: &Method, uri: &axum::http::Uri, headers: &HeaderMap) {
+    fn record(&self, parts: &axum::http::request::Parts) {
+        let (method, uri, headers) = (&parts.method, &parts.uri, &parts.headers);
         let text = |name: HeaderName| {
             headers
                 .get(name)
@@ -131,6 +142,7 @@ impl Policy {
             query: uri.query().map(str::to_string),
             authorization: text(header::AUTHORIZATION),
             range: text(header::RANGE),
+            connection: parts.extensions.get::<ConnectionId>().copied(),
         });
     }
 
@@ -173,6 +185,26 @@ async fn apply(action: Action, uri: &axum::http::Uri) -> Response {
                 response = response.header(name, value);
             }
             response.body(Body::from(body)).expect("valid response")
+        }
+        Action::RespondSlowly {
+            status,
+            headers,
+            body,
+            pause,
+        } => {
+            let mut response = Response::builder()
+                .status(StatusCode::from_u16(status).expect("valid status code"))
+                .header(header::CONTENT_LENGTH, body.len());
+            for (name, value) in headers {
+                response = response.header(name, value);
+            }
+            let later = futures_util::stream::once(async move {
+                tokio::time::sleep(pause).await;
+                Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(body))
+            });
+            response
+                .body(Body::from_stream(later))
+                .expect("valid response")
         }
         Action::RedirectTo { base } => {
             let target = format!(
@@ -233,7 +265,16 @@ impl PolicyProxy {
 
     /// Fronts any HTTPS server signed by `pki` (a token server, a CDN, another proxy).
     pub async fn start_for(pki: &Pki, upstream_base: &str) -> PolicyProxy {
-        Self::start_with(pki, upstream_base, None).await
+        Self::start_with(pki, upstream_base, None, Protocols::default()).await
+    }
+
+    /// [`PolicyProxy::start_for`] offering its clients only `protocols`.
+    pub async fn start_for_speaking(
+        pki: &Pki,
+        upstream_base: &str,
+        protocols: Protocols,
+    ) -> PolicyProxy {
+        Self::start_with(pki, upstream_base, None, protocols).await
     }
 
     /// Fronts `upstream` the way Docker Hub meters pulls (see [`Accounting`]).
@@ -242,13 +283,20 @@ impl PolicyProxy {
         upstream: &Registry,
         accounting: Arc<Accounting>,
     ) -> PolicyProxy {
-        Self::start_with(pki, &upstream.base(), Some(accounting)).await
+        Self::start_with(
+            pki,
+            &upstream.base(),
+            Some(accounting),
+            Protocols::default(),
+        )
+        .await
     }
 
     async fn start_with(
         pki: &Pki,
         upstream_base: &str,
         accounting: Option<Arc<Accounting>>,
+        protocols: Protocols,
     ) -> PolicyProxy {
         let state = Arc::new(ProxyState {
             upstream_base: upstream_base.trim_end_matches('/').to_string(),
@@ -260,7 +308,8 @@ impl PolicyProxy {
         let router = Router::new()
             .fallback(proxy_handler)
             .with_state(state.clone());
-        let server = serve_tls(router, pki.server_tls(&["127.0.0.1", "localhost"])).await;
+        let tls = pki.server_tls_speaking(&["127.0.0.1", "localhost"], protocols);
+        let server = serve_tls(router, tls).await;
         state
             .own_base
             .set(server.base())
@@ -306,13 +355,16 @@ impl PolicyProxy {
     pub fn count(&self, path_contains: &str) -> usize {
         self.state.policy.count(path_contains)
     }
+
+    /// The connections its clients opened and closed (see [`TestServer`]).
+    pub fn server(&self) -> &TestServer {
+        &self.server
+    }
 }
 
 async fn proxy_handler(State(state): State<Arc<ProxyState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    state
-        .policy
-        .record(&parts.method, &parts.uri, &parts.headers);
+    state.policy.record(&parts);
     if let Some(action) = state
         .policy
         .matching_action(&parts.method, parts.uri.path())
@@ -427,6 +479,15 @@ impl Cdn {
     /// With `upstream`, blobs are read straight from that registry's storage directory
     /// (distribution's on-disk layout), which works whatever auth the registry has.
     pub async fn start(pki: &Pki, upstream: Option<&Registry>) -> Cdn {
+        Self::start_speaking(pki, upstream, Protocols::default()).await
+    }
+
+    /// [`Cdn::start`] offering its clients only `protocols`.
+    pub async fn start_speaking(
+        pki: &Pki,
+        upstream: Option<&Registry>,
+        protocols: Protocols,
+    ) -> Cdn {
         let state = Arc::new(CdnState {
             storage: upstream.map(|r| r.storage.clone()),
             blobs: Mutex::new(HashMap::new()),
@@ -435,7 +496,8 @@ impl Cdn {
         let router = Router::new()
             .fallback(cdn_handler)
             .with_state(state.clone());
-        let server = serve_tls(router, pki.server_tls(&["127.0.0.1", "localhost"])).await;
+        let tls = pki.server_tls_speaking(&["127.0.0.1", "localhost"], protocols);
+        let server = serve_tls(router, tls).await;
         Cdn { server, state }
     }
 
@@ -487,9 +549,7 @@ fn s3_error(status: StatusCode, code: &str, message: &str) -> Response {
 
 async fn cdn_handler(State(state): State<Arc<CdnState>>, request: Request) -> Response {
     let (parts, _) = request.into_parts();
-    state
-        .policy
-        .record(&parts.method, &parts.uri, &parts.headers);
+    state.policy.record(&parts);
     if let Some(action) = state
         .policy
         .matching_action(&parts.method, parts.uri.path())

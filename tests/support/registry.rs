@@ -15,7 +15,7 @@ use rustls::ClientConnection;
 use rustls::pki_types::ServerName;
 use tempfile::TempDir;
 
-use super::pki::Pki;
+use super::pki::{Pki, Protocols};
 
 pub const REGISTRY_BINARY: &str = "/usr/bin/docker-registry";
 
@@ -69,11 +69,24 @@ impl Registry {
     /// Blocking (it waits for the TLS port), but only for the ~100 ms the registry needs, so
     /// calling it from an async test is fine.
     pub fn start(pki: &Pki, storage: &Path, auth: RegistryAuth) -> anyhow::Result<Registry> {
+        Self::start_speaking(pki, storage, auth, Protocols::default())
+    }
+
+    /// [`Registry::start`] offering only `protocols` in ALPN. distribution's own switch
+    /// (`http.http2.disabled`) is used: `GODEBUG=http2server=0` does not do it, since the
+    /// registry sets its TLS `NextProtos` itself, so it would still accept `h2` and then
+    /// answer in HTTP/1.1.
+    pub fn start_speaking(
+        pki: &Pki,
+        storage: &Path,
+        auth: RegistryAuth,
+        protocols: Protocols,
+    ) -> anyhow::Result<Registry> {
         let mut last_error = None;
         // The free port is found by binding and releasing it, so another process can grab
         // it in between; a fresh port on retry makes that race harmless.
         for _ in 0..3 {
-            match Self::try_start(pki, storage, &auth) {
+            match Self::try_start(pki, storage, &auth, protocols) {
                 Ok(registry) => return Ok(registry),
                 Err(StartError::PortTaken(e)) => last_error = Some(e),
                 Err(StartError::Other(e)) => return Err(e),
@@ -84,7 +97,12 @@ impl Registry {
             .context("registry could not bind a port"))
     }
 
-    fn try_start(pki: &Pki, storage: &Path, auth: &RegistryAuth) -> Result<Registry, StartError> {
+    fn try_start(
+        pki: &Pki,
+        storage: &Path,
+        auth: &RegistryAuth,
+        protocols: Protocols,
+    ) -> Result<Registry, StartError> {
         let dir = tempfile::tempdir().context("registry tempdir")?;
         let (cert_pem, key_pem) = pki.issue(&["127.0.0.1", "localhost"]);
         let cert_path = dir.path().join("cert.pem");
@@ -100,6 +118,10 @@ impl Registry {
             listener.local_addr().context("free port addr")?.port()
         };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let http2 = match protocols {
+            Protocols::Http2AndHttp1 => "false",
+            Protocols::Http1Only => "true",
+        };
         let config = format!(
             r#"version: 0.1
 log:
@@ -121,6 +143,8 @@ http:
   tls:
     certificate: {cert}
     key: {key}
+  http2:
+    disabled: {http2}
 validation:
   manifests:
     urls:

@@ -1,8 +1,11 @@
 //! In-process HTTPS servers (token server, policy proxy, CDN, ad-hoc fakes) built from an
-//! axum router.
+//! axum router. Each numbers the connections it accepts, tells a request which connection
+//! it came on ([`ConnectionId`] in its extensions), and notes which connections ended, so
+//! tests can see how a client used its connections.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -13,7 +16,18 @@ use tokio_rustls::TlsAcceptor;
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    connections: Arc<Connections>,
     task: JoinHandle<()>,
+}
+
+/// The number of the connection (from 0, in the order accepted) a request came on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnectionId(pub u64);
+
+#[derive(Default)]
+struct Connections {
+    accepted: AtomicU64,
+    ended: Mutex<Vec<u64>>,
 }
 
 impl TestServer {
@@ -29,6 +43,17 @@ impl TestServer {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base())
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections_accepted(&self) -> u64 {
+        self.connections.accepted.load(Ordering::SeqCst)
+    }
+
+    /// The connections that have ended (closed by either side, or failed their handshake).
+    pub fn connections_ended(&self) -> Vec<ConnectionId> {
+        let ended = self.connections.ended.lock().unwrap();
+        ended.iter().map(|&n| ConnectionId(n)).collect()
     }
 }
 
@@ -58,8 +83,10 @@ pub async fn serve_tls_on(
         .unwrap_or_else(|e| panic!("bind {ip}:0: {e}"));
     let addr = listener.local_addr().expect("local addr");
     let acceptor = TlsAcceptor::from(tls);
+    let connections = Arc::new(Connections::default());
+    let book = connections.clone();
     let task = tokio::spawn(async move {
-        let mut connections = JoinSet::new();
+        let mut open = JoinSet::new();
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
@@ -68,19 +95,29 @@ pub async fn serve_tls_on(
                     // in two pieces waits for the client's delayed ACK, 40 ms on Linux.
                     let _ = tcp.set_nodelay(true);
                     let acceptor = acceptor.clone();
-                    let service = TowerToHyperService::new(router.clone());
-                    connections.spawn(async move {
+                    let id = book.accepted.fetch_add(1, Ordering::SeqCst);
+                    let service = TowerToHyperService::new(
+                        router.clone().layer(axum::Extension(ConnectionId(id))),
+                    );
+                    let book = book.clone();
+                    open.spawn(async move {
                         // A failed handshake is part of some tests (wrong CA); nothing to do.
-                        let Ok(tls) = acceptor.accept(tcp).await else { return };
-                        let _ = auto::Builder::new(TokioExecutor::new())
-                            .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                            .await;
+                        if let Ok(tls) = acceptor.accept(tcp).await {
+                            let _ = auto::Builder::new(TokioExecutor::new())
+                                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                                .await;
+                        }
+                        book.ended.lock().unwrap().push(id);
                     });
                 }
                 // Reap finished connections so a long test does not accumulate handles.
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                Some(_) = open.join_next(), if !open.is_empty() => {}
             }
         }
     });
-    TestServer { addr, task }
+    TestServer {
+        addr,
+        connections,
+        task,
+    }
 }

@@ -17,7 +17,7 @@ use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use serde_json::{Value, json};
 
 use super::image::random_bytes;
-use super::pki::Pki;
+use super::pki::{Pki, Protocols};
 use super::registry::RegistryAuth;
 use super::server::{TestServer, serve_tls};
 
@@ -71,6 +71,11 @@ struct Grant {
 
 impl TokenServer {
     pub async fn start(pki: &Pki) -> TokenServer {
+        Self::start_speaking(pki, Protocols::default()).await
+    }
+
+    /// [`TokenServer::start`] offering its clients only `protocols`.
+    pub async fn start_speaking(pki: &Pki, protocols: Protocols) -> TokenServer {
         // The signing certificate is deliberately not from the test CA: distribution trusts
         // only `rootcertbundle`, and keeping the two apart catches mixing them up.
         let signing = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("signing key");
@@ -103,7 +108,8 @@ impl TokenServer {
         let router = Router::new()
             .route("/token", axum::routing::get(token_get).post(token_post))
             .with_state(state.clone());
-        let server = serve_tls(router, pki.server_tls(&["127.0.0.1", "localhost"])).await;
+        let tls = pki.server_tls_speaking(&["127.0.0.1", "localhost"], protocols);
+        let server = serve_tls(router, tls).await;
         TokenServer { server, state }
     }
 

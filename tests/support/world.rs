@@ -5,7 +5,7 @@ use pullgate::registry::{ClientOptions, RegistryClient};
 use tempfile::TempDir;
 
 use super::image::{ImageSpec, PlatformSpec, PushedImage, PushedIndex, push_image, push_index};
-use super::pki::{Pki, test_client};
+use super::pki::{Pki, Protocols, test_client};
 use super::registry::{Registry, RegistryAuth};
 
 /// One test's world: a CA, a storage directory, and an anonymous registry to push through.
@@ -80,6 +80,11 @@ impl World {
 
     pub fn registry(&self, auth: RegistryAuth) -> Registry {
         Registry::start(&self.pki, self.storage.path(), auth).unwrap()
+    }
+
+    /// [`World::registry`] offering only `protocols`.
+    pub fn registry_speaking(&self, auth: RegistryAuth, protocols: Protocols) -> Registry {
+        Registry::start_speaking(&self.pki, self.storage.path(), auth, protocols).unwrap()
     }
 
     pub fn client(&self) -> RegistryClient {
