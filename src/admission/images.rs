@@ -103,6 +103,7 @@ impl Reviewer {
             let (client, metrics) = (self.registry.clone(), self.metrics.clone());
             let options = ProbeOptions {
                 platforms: platforms.to_vec(),
+                rules: self.rules,
                 timeout: self.probe_timeout,
                 blobs: self.blobs.clone(),
                 metered: policy.metered(&resolved.image),
@@ -223,6 +224,7 @@ pub(super) fn finding(use_: &ImageUse, checked: &Checked) -> Finding {
         reason: answer.reason().to_owned(),
         failed_blob: answer.failed_blob().and_then(|d| Digest::parse(d).ok()),
         registry_message: answer.registry_message().map(str::to_owned),
+        caution: answer.is_caution() && !checked.exempt,
     }
 }
 

@@ -21,7 +21,7 @@ pub use object::Kind;
 
 use crate::credentials::{Keyring, SecretStore};
 use crate::metrics::Metrics;
-use crate::oci::platform::Platform;
+use crate::oci::platform::{Platform, PlatformRules};
 use crate::policy::{Decision, DecisionKind, Finding, Policy, PolicyError};
 use crate::probe::{BlobMemory, ManifestStore, PullBudgets, Verdict};
 use crate::probe::{CacheOptions, VerdictCache};
@@ -58,6 +58,8 @@ pub struct ReviewerConfig {
     pub store: ManifestStore,
     /// What is left of metered registries' pulls.
     pub budgets: PullBudgets,
+    /// How the nodes' runtime picks an index entry for a platform.
+    pub rules: PlatformRules,
 }
 
 /// Decides AdmissionReviews. Cheap to share: everything inside is reference-counted.
@@ -76,6 +78,7 @@ pub struct Reviewer {
     blobs: BlobMemory,
     store: ManifestStore,
     budgets: PullBudgets,
+    rules: PlatformRules,
 }
 
 /// Blobs remembered at most: 16 bytes of key each, and moka's bookkeeping.
@@ -117,6 +120,7 @@ impl Reviewer {
             probe_timeout: config.probe_timeout,
             store: config.store,
             budgets: config.budgets,
+            rules: config.rules,
             resolved: moka::sync::Cache::new(RESOLVED_IMAGES),
             probes: Arc::new(tokio::sync::Semaphore::new(MAX_PROBES_IN_FLIGHT)),
         }

@@ -111,7 +111,7 @@ pub(super) fn write_table(out: &mut impl Write, reports: &[Report]) -> std::io::
         let platforms = r
             .platforms
             .iter()
-            .map(|p| p.platform.to_string())
+            .map(|p| p.chosen().unwrap_or_else(|| p.platform.to_string()))
             .collect::<Vec<_>>()
             .join(",");
         writeln!(

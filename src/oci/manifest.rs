@@ -6,7 +6,7 @@ use serde::de::IgnoredAny;
 
 use crate::{
     oci::digest::{Digest, DigestError},
-    oci::platform::{DescriptorPlatform, Platform},
+    oci::platform::{DescriptorPlatform, Platform, PlatformRules},
 };
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -236,12 +236,15 @@ fn blob(d: RawDescriptor, what: &'static str) -> Result<BlobRef, ManifestError> 
 }
 
 impl Index {
-    /// The entry a node of `platform` pulls: the first exact match in index order, else the
-    /// first entry without a platform (containerd sorts those last but keeps them).
-    pub fn select(&self, platform: &Platform) -> Option<&IndexEntry> {
+    /// The entry a node of `platform` pulls under its runtime's `rules`: the entry the rules
+    /// rank best, the first in index order among equals; else the first entry without a
+    /// platform (containerd and containers/image both rank those last but keep them).
+    pub fn select(&self, platform: &Platform, rules: PlatformRules) -> Option<&IndexEntry> {
         self.entries
             .iter()
-            .find(|e| e.platform.is_some() && platform.matches(e.platform.as_ref()))
+            .filter_map(|e| Some((rules.rank(platform, e.platform.as_ref()?)?, e)))
+            .min_by_key(|(rank, _)| *rank)
+            .map(|(_, e)| e)
             .or_else(|| self.entries.iter().find(|e| e.platform.is_none()))
     }
 
@@ -297,7 +300,10 @@ mod tests {
 
     /// The digest of the entry `platform` selects.
     fn selected(ix: &Index, platform: &Platform) -> String {
-        ix.select(platform).unwrap().digest.to_string()
+        ix.select(platform, PlatformRules::Containerd)
+            .unwrap()
+            .digest
+            .to_string()
     }
 
     #[test]
@@ -317,8 +323,11 @@ mod tests {
         assert_eq!(selected(&ix, &Platform::linux_amd64()), D2);
         assert_eq!(selected(&ix, &Platform::parse("linux/arm64").unwrap()), D1);
         assert!(
-            ix.select(&Platform::parse("linux/s390x").unwrap())
-                .is_none()
+            ix.select(
+                &Platform::parse("linux/s390x").unwrap(),
+                PlatformRules::Containerd
+            )
+            .is_none()
         );
         assert_eq!(ix.offered(12), "linux/arm64, linux/amd64");
         assert_eq!(ix.offered(1), "linux/arm64 and 1 more");
@@ -416,5 +425,36 @@ mod tests {
             r#"{{"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":1}}]}}"#
         );
         assert_eq!(selected(&index(&idx), &Platform::linux_amd64()), D1);
+    }
+
+    #[test]
+    fn the_runtime_takes_the_best_ranked_entry_not_the_first_listed() {
+        let entry = |d: &str, arch: &str, variant: &str| {
+            format!(
+                r#"{{"mediaType":"{OCI_MANIFEST}","digest":"{d}","size":1,"platform":{{"os":"linux","architecture":"{arch}","variant":"{variant}"}}}}"#
+            )
+        };
+        let idx = format!(
+            r#"{{"mediaType":"{OCI_INDEX}","manifests":[{},{},{},{{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":1}}]}}"#,
+            entry(D2, "arm", "v5"),
+            entry(D3, "arm", "v6"),
+            entry(D2, "amd64", ""),
+        );
+        let ix = index(&idx);
+        let arm7 = Platform::parse("linux/arm/v7").unwrap();
+        // v6 ranks before v5 for an arm/v7 node although v5 is listed first.
+        assert_eq!(selected(&ix, &arm7), D3);
+        assert_eq!(
+            ix.select(&arm7, PlatformRules::ContainersImage)
+                .unwrap()
+                .digest
+                .to_string(),
+            D3
+        );
+        let arm6 = Platform::parse("linux/arm/v6").unwrap();
+        assert_eq!(selected(&ix, &arm6), D3);
+        // No entry for s390x: the entry without a platform, ranked after every match.
+        let s390x = Platform::parse("linux/s390x").unwrap();
+        assert_eq!(selected(&ix, &s390x), D1);
     }
 }

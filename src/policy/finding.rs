@@ -63,4 +63,8 @@ pub struct Finding {
     pub failed_blob: Option<Digest>,
     /// The registry's own code and message (`DENIED: current image with 3 vulnerabilities…`).
     pub registry_message: Option<String>,
+    /// Pullable, but it will not run everywhere the pod may land: `reason` says why (a
+    /// single-platform image for another architecture). Admitted with a warning.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub caution: bool,
 }

@@ -366,7 +366,13 @@ impl Policy {
             .map(|f| (f, self.effective_action(f.verdict, &f.registry_host)))
             .collect();
         let denied = with_action(&judged, Action::Deny);
-        let warned = with_action(&judged, Action::Warn);
+        let mut warned = with_action(&judged, Action::Warn);
+        // Pullable but bound to fail where it lands (exec format error): said, not refused.
+        warned.extend(findings.iter().filter(|f| {
+            f.verdict == Verdict::Pullable
+                && f.caution
+                && !self.image_exempt(&f.image, &f.reference)
+        }));
         let kind = match (denied.is_empty(), warned.is_empty()) {
             (false, _) => DecisionKind::Deny,
             (true, false) => DecisionKind::Warn,

@@ -25,6 +25,7 @@ fn finding(image: &str, verdict: Verdict) -> Finding {
         reason: format!("manifest: {verdict}"),
         failed_blob: None,
         registry_message: None,
+        caution: false,
     }
 }
 
@@ -410,4 +411,34 @@ fn metered_must_be_a_boolean() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("metered"), "{e}");
+}
+
+#[test]
+fn a_pullable_image_built_for_another_architecture_is_admitted_with_a_warning() {
+    let caution = "built for linux/amd64 only (a single-platform image, no index): a linux/arm64 node pulls it, but its processes will not start there (exec format error)";
+    let foreign = Finding {
+        reason: caution.to_owned(),
+        caution: true,
+        ..finding("r.example/app:1", Verdict::Pullable)
+    };
+    let d = Policy::default().decide("default", &[foreign.clone()]);
+    assert!(d.allowed());
+    assert_eq!(d.kind, DecisionKind::Warn);
+    assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);
+    assert!(
+        d.warnings[0].contains("exec format error"),
+        "{:?}",
+        d.warnings
+    );
+    assert!(
+        d.warnings[0].contains("r.example/app:1"),
+        "{:?}",
+        d.warnings
+    );
+    // An exempt image is not warned about; a plain pullable one neither.
+    let exempt = policy("exemptions: { images: [\"r.example/*\"] }");
+    assert!(exempt.decide("default", &[foreign]).warnings.is_empty());
+    let plain = finding("r.example/app:1", Verdict::Pullable);
+    let d = Policy::default().decide("default", &[plain]);
+    assert_eq!((d.kind, d.warnings.len()), (DecisionKind::Allow, 0));
 }

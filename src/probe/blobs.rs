@@ -13,21 +13,25 @@ use ring::hmac;
 use futures_util::StreamExt as _;
 
 use super::fetch::header_str;
-use super::resolve::Resolved;
+use super::resolve::{Resolved, Wanted};
 use super::verdict::{Failure, Verdict};
 use super::{BlobKind, BlobReport, MAX_PARALLEL_BLOBS};
 use crate::fingerprint::{Fingerprint, random_hmac_key};
 use crate::oci::digest::Digest;
 use crate::oci::manifest::BlobRef;
 use crate::oci::platform::Platform;
-use crate::registry::Session;
+use crate::registry::{FetchError, Reply, Session};
 
 /// Probes every distinct blob of the manifests `resolved`, once each and a bounded number at
 /// a time: a manifest may list hundreds, and each probe is a request.
+///
+/// With `read_config` (a single-platform image, whose config is the only word on what it was
+/// built for), the config is read whole when it is small, in the same one request.
 pub(super) async fn probe_all(
     session: &Session<'_>,
     memory: &BlobMemory,
-    resolved: &[(Platform, Resolved)],
+    resolved: &[(Wanted, Resolved)],
+    read_config: bool,
 ) -> Vec<(BlobReport, Option<Failure>)> {
     let mut blobs: Vec<(BlobKind, BlobRef)> = Vec::new();
     let mut seen: HashSet<Digest> = HashSet::new();
@@ -46,19 +50,25 @@ pub(super) async fn probe_all(
     // take megabytes while they wait. (By index: a closure taking a reference would need a
     // future for every lifetime of it.)
     futures_util::stream::iter(0..blobs.len())
-        .map(|i| probe_blob(session, memory, blobs[i].0, &blobs[i].1))
+        .map(|i| {
+            let (kind, blob) = (blobs[i].0, &blobs[i].1);
+            let read = read_config && kind == BlobKind::Config;
+            probe_blob(session, memory, kind, blob, read)
+        })
         .buffered(MAX_PARALLEL_BLOBS)
         .collect()
         .await
 }
 
-/// GETs the first byte of a blob. Reads at most one chunk and then drops the response, which
-/// closes the stream even when the server ignored Range and started sending the whole blob.
+/// GETs the first byte of a blob (or, with `read`, the whole of a small config). Reads at most
+/// one chunk and then drops the response, which closes the stream even when the server ignored
+/// Range and started sending the whole blob.
 async fn probe_blob(
     session: &Session<'_>,
     memory: &BlobMemory,
     kind: BlobKind,
     blob: &BlobRef,
+    read: bool,
 ) -> (BlobReport, Option<Failure>) {
     let label = match kind {
         BlobKind::Config => format!("config blob {}", blob.digest.short()),
@@ -73,6 +83,7 @@ async fn probe_blob(
         skipped: false,
         cached: false,
         reason: None,
+        platform: None,
     };
     if blob.foreign {
         report.skipped = true;
@@ -80,13 +91,14 @@ async fn probe_blob(
             Some("foreign layer: served from its own URLs, not by the registry".to_owned());
         return (report, None);
     }
-    if memory.knows(session, &blob.digest) {
+    if !read && memory.knows(session, &blob.digest) {
         report.cached = true;
         return (report, None);
     }
-    let result = probe_blob_inner(session, blob, &label, &mut report).await;
+    let result = probe_blob_inner(session, blob, &label, &mut report, read).await;
     match result {
-        Ok(()) => {
+        Ok(platform) => {
+            report.platform = platform;
             memory.remember(session, &blob.digest);
             (report, None)
         }
@@ -99,16 +111,23 @@ async fn probe_blob(
     }
 }
 
+/// A config is read whole up to this size; Docker's and BuildKit's are a few KiB, long
+/// histories some tens. A larger one is only probed.
+const CONFIG_READ_LIMIT: usize = 256 * 1024;
+
 async fn probe_blob_inner(
     session: &Session<'_>,
     blob: &BlobRef,
     label: &str,
     report: &mut BlobReport,
-) -> Result<(), Failure> {
-    let mut resp = session
-        .blob_range(&blob.digest)
-        .await
-        .map_err(|e| Failure::from_fetch(label, &e))?;
+    read: bool,
+) -> Result<Option<Platform>, Failure> {
+    let read = read && blob.size <= CONFIG_READ_LIMIT as u64;
+    let sent = match read {
+        true => session.blob(&blob.digest).await,
+        false => session.blob_range(&blob.digest).await,
+    };
+    let mut resp = sent.map_err(|e| Failure::from_fetch(label, &e))?;
     let status = resp.status();
     report.status = Some(status.as_u16());
     match status {
@@ -130,6 +149,9 @@ async fn probe_blob_inner(
                     format!("{label}: the registry served a blob with digest {claimed}"),
                 ));
             }
+            if read && status == StatusCode::OK {
+                return read_config(&mut resp, blob, label).await;
+            }
             let first = resp.chunk().await.map_err(|e| {
                 Failure::new(
                     Verdict::Unavailable,
@@ -146,7 +168,7 @@ async fn probe_blob_inner(
                 ));
             }
             // Dropping the response here ends the stream after the first chunk.
-            Ok(())
+            Ok(None)
         }
         StatusCode::RANGE_NOT_SATISFIABLE => {
             // A zero-length blob has no byte 0: Go's ServeContent (distribution) and Azure
@@ -154,7 +176,7 @@ async fn probe_blob_inner(
             let empty = header_str(resp.headers(), header::CONTENT_RANGE)
                 .is_some_and(|r| r.trim().ends_with("/0"));
             if blob.size == 0 || empty {
-                Ok(())
+                Ok(None)
             } else {
                 Err(Failure::new(
                     Verdict::Unavailable,
@@ -169,6 +191,50 @@ async fn probe_blob_inner(
             Err(Failure::refused(label, status, message))
         }
     }
+}
+
+/// Reads a small config whole, checks it is the blob the manifest names (the node checks
+/// too), and takes the platform it was built for from it.
+async fn read_config(
+    resp: &mut Reply<'_>,
+    blob: &BlobRef,
+    label: &str,
+) -> Result<Option<Platform>, Failure> {
+    let body = match resp.read_body(CONFIG_READ_LIMIT).await {
+        Ok(body) => body,
+        // Larger than it said: it was served, which is what the probe asks.
+        Err(FetchError::TooLarge { .. }) => return Ok(None),
+        Err(e) => return Err(Failure::from_fetch(label, &e)),
+    };
+    if !blob.digest.matches(&body.bytes) {
+        return Err(Failure::new(
+            Verdict::Invalid,
+            format!(
+                "{label}: the registry served {} bytes whose digest is not the one the manifest names",
+                body.bytes.len()
+            ),
+        ));
+    }
+    #[derive(serde::Deserialize)]
+    struct Config {
+        #[serde(default)]
+        os: String,
+        #[serde(default)]
+        architecture: String,
+        #[serde(default)]
+        variant: Option<String>,
+    }
+    Ok(serde_json::from_slice::<Config>(&body.bytes)
+        .ok()
+        .filter(|c| !c.os.is_empty() && !c.architecture.is_empty())
+        .and_then(|c| {
+            let written = [c.os.as_str(), c.architecture.as_str()]
+                .into_iter()
+                .chain(c.variant.as_deref().filter(|v| !v.is_empty()))
+                .collect::<Vec<_>>()
+                .join("/");
+            Platform::parse(&written).ok()
+        }))
 }
 
 /// A blob that was served: the same bytes in the same repository with the same credential,

@@ -123,6 +123,8 @@ pub(crate) struct Answer {
     /// Where the registry's message is in `text`; `from > to` when there is none.
     registry: (u16, u16),
     verdict: Verdict,
+    /// Pullable, and the reason is a caution (see `Report::caution`).
+    caution: bool,
 }
 
 /// Longest reason, failed blob or registry message kept. A reason quotes at most a registry
@@ -162,12 +164,21 @@ impl Answer {
             blob_end: offset(reason.len() + blob.len()),
             registry: registry.map_or((1, 0), |(from, to)| (offset(from), offset(to))),
             verdict,
+            caution: false,
             text: (!text.is_empty()).then(|| text.into()),
         }
     }
 
     /// The part of `report` a review reads.
     pub(crate) fn of(report: &Report) -> Self {
+        if report.verdict == Verdict::Pullable
+            && let Some(caution) = &report.caution
+        {
+            return Answer {
+                caution: true,
+                ..Answer::new(Verdict::Pullable, caution, None, None)
+            };
+        }
         let blob = report.failed_blob.as_ref().map(ToString::to_string);
         let registry = report.registry.as_ref().map(ToString::to_string);
         Answer::new(
@@ -176,6 +187,11 @@ impl Answer {
             blob.as_deref(),
             registry.as_deref(),
         )
+    }
+
+    /// Pullable, but the node would trip over it after the pull: the reason says how.
+    pub(crate) fn is_caution(&self) -> bool {
+        self.caution
     }
 
     pub(crate) fn verdict(&self) -> Verdict {
@@ -743,6 +759,16 @@ mod tests {
         assert_eq!(
             (plain.failed_blob(), plain.registry_message()),
             (None, None)
+        );
+        assert!(!plain.is_caution() && !a.is_caution());
+        // A pullable image's caution is what a review reads of it, through the cache too.
+        let mut cautioned = report("r.example/app:1", Verdict::Pullable);
+        cautioned.caution = Some("built for linux/amd64 only".into());
+        let c = Answer::of(&cautioned);
+        assert!(c.is_caution());
+        assert_eq!(
+            (c.verdict(), c.reason()),
+            (Verdict::Pullable, "built for linux/amd64 only")
         );
     }
 

@@ -24,7 +24,7 @@ pub use store::{DEFAULT_STORE_BYTES, ManifestStore};
 pub use verdict::{Verdict, classify_status, verdict_of};
 
 use crate::oci::digest::Digest;
-use crate::oci::platform::Platform;
+use crate::oci::platform::{Platform, PlatformRules};
 use crate::oci::reference::{ImageRef, ReferenceError};
 use crate::registry::{Credential, CredentialId, RateLimit, RegistryClient, RegistryMessage};
 use ledger::Ledger;
@@ -62,6 +62,8 @@ impl Default for PullOptions {
 pub struct ProbeOptions {
     /// Every platform the workload could run on; each must be pullable.
     pub platforms: Vec<Platform>,
+    /// Whose rules pick an index entry for a platform: the nodes' runtime.
+    pub rules: PlatformRules,
     /// Deadline for the whole probe, all credentials included.
     pub timeout: Duration,
     /// Blobs that answered recently, shared with other probes; off by default.
@@ -80,6 +82,7 @@ impl Default for ProbeOptions {
     fn default() -> Self {
         ProbeOptions {
             platforms: vec![Platform::linux_amd64()],
+            rules: PlatformRules::default(),
             timeout: Duration::from_secs(10),
             blobs: BlobMemory::off(),
             metered: false,
@@ -107,6 +110,10 @@ pub struct Report {
     pub media_type: Option<String>,
     pub platforms: Vec<PlatformReport>,
     pub blobs: Vec<BlobReport>,
+    /// Pullable, but something the node would trip over after the pull: a single-platform
+    /// image built for another architecture than a node the pod can land on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caution: Option<String>,
     /// The blob whose refusal decided the verdict.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed_blob: Option<Digest>,
@@ -146,12 +153,24 @@ fn is_zero(n: &u32) -> bool {
 #[derive(Clone, Debug, Serialize)]
 pub struct PlatformReport {
     pub platform: Platform,
+    /// The platform of the index entry a node of `platform` takes when it has no entry of its
+    /// own (`linux/arm/v6` for `linux/arm/v7`, by the runtime's fallback rules).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry: Option<Platform>,
     /// The image manifest this platform resolves to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<Digest>,
     pub verdict: Verdict,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+impl PlatformReport {
+    /// "linux/arm/v6 for linux/arm/v7" when the node takes another platform's entry.
+    pub fn chosen(&self) -> Option<String> {
+        let entry = self.entry.as_ref()?;
+        Some(format!("{entry} for {}", self.platform))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -178,6 +197,10 @@ pub struct BlobReport {
     pub cached: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The platform a single-platform image's config says it was built for (read whole for
+    /// that, when small).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
 }
 
 /// Probes `image` with the credentials that apply to it, in the kubelet's order: the first
@@ -268,6 +291,7 @@ async fn probe_once(
         ledger: &ledger,
         image,
         platforms: &options.platforms,
+        rules: options.rules,
         memory: &options.blobs,
     };
     let mut report = Report::new(image.to_string(), Verdict::Pullable, String::new());
@@ -299,6 +323,18 @@ async fn probe_once(
             ),
             n => format!("pullable on all {n} platforms: every manifest and blob is served"),
         };
+        let fallbacks: Vec<String> = report
+            .platforms
+            .iter()
+            .filter_map(PlatformReport::chosen)
+            .collect();
+        if !fallbacks.is_empty() {
+            report.reason = format!(
+                "{} (the nodes' runtime takes {}: the index has no entry of their own)",
+                report.reason,
+                fallbacks.join(", ")
+            );
+        }
     }
     report.requests = session.requests();
     report.manifest_gets = session.manifest_gets();
@@ -372,6 +408,7 @@ impl Report {
             platforms: Vec::new(),
             blobs: Vec::new(),
             failed_blob: None,
+            caution: None,
             credential: None,
             attempts: 0,
             requests: 0,

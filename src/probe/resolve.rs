@@ -12,15 +12,47 @@ use super::blobs::{BlobMemory, probe_all};
 use super::fetch::{Confirmed, Fetched, confirm, fetch_manifest, from_store};
 use super::ledger::{Fetch, Ledger};
 use super::verdict::{Failure, Verdict};
-use super::{BlobReport, MAX_PLATFORMS_NAMED, PlatformReport, Report};
+use super::{BlobKind, BlobReport, MAX_PLATFORMS_NAMED, PlatformReport, Report};
 use crate::oci::digest::Digest;
-use crate::oci::manifest::{self, Document, ImageManifest};
-use crate::oci::platform::Platform;
+use crate::oci::manifest::{self, Document, ImageManifest, Index};
+use crate::oci::platform::{DescriptorPlatform, Platform, PlatformRules};
 use crate::oci::reference::ImageRef;
 use crate::registry::Session;
 
 /// A platform's image manifest and its digest, or why there is none.
 pub(super) type Resolved = Result<(Digest, ImageManifest), Failure>;
+
+/// A platform the workload may land on, and the platform of the index entry its node takes
+/// when that is another one (`linux/arm/v6` for `linux/arm/v7`).
+pub(super) struct Wanted {
+    pub(super) platform: Platform,
+    pub(super) entry: Option<Platform>,
+}
+
+impl Wanted {
+    fn exact(platform: &Platform) -> Wanted {
+        Wanted {
+            platform: platform.clone(),
+            entry: None,
+        }
+    }
+}
+
+/// The entry of `index` a node of `platform` takes under `rules`, and its platform when it
+/// is not `platform` itself.
+fn choose(
+    index: &Index,
+    platform: &Platform,
+    rules: PlatformRules,
+) -> Option<(Digest, Option<Platform>)> {
+    let entry = index.select(platform, rules)?;
+    let named = entry
+        .platform
+        .as_ref()
+        .map(Platform::of_entry)
+        .filter(|p| p != platform);
+    Some((entry.digest.clone(), named))
+}
 
 /// What the probe of one attempt needs besides the session.
 pub(super) struct Course<'a> {
@@ -28,6 +60,8 @@ pub(super) struct Course<'a> {
     pub(super) ledger: &'a Ledger<'a>,
     pub(super) image: &'a ImageRef,
     pub(super) platforms: &'a [Platform],
+    /// How the node's runtime picks an index entry for a platform.
+    pub(super) rules: PlatformRules,
     pub(super) memory: &'a BlobMemory,
 }
 
@@ -36,6 +70,7 @@ struct Assessed {
     platforms: Vec<PlatformReport>,
     blobs: Vec<BlobReport>,
     worst: Option<Failure>,
+    caution: Option<String>,
 }
 
 /// The probe proper. Fills `report` as it goes so a deadline still shows what was learnt.
@@ -47,7 +82,7 @@ pub(super) async fn run(course: &Course<'_>, report: &mut Report) -> Result<(), 
         report.media_type = Some(known.media_type.clone());
         let (confirmed, assessed) = tokio::join!(
             confirm(course.session, course.ledger, course.image, &known.digest),
-            assess(course, known.resolved),
+            assess(course, known.resolved, known.single),
         );
         match confirmed {
             Confirmed::Same => return finish(assessed, report),
@@ -73,8 +108,9 @@ pub(super) async fn run(course: &Course<'_>, report: &mut Report) -> Result<(), 
     .await?;
     report.digest = Some(top.digest.clone());
     report.media_type = Some(top.media_type.clone());
+    let single = matches!(top.document, Document::Image(_));
     let resolved = resolve(course, top).await;
-    finish(assess(course, resolved).await, report)
+    finish(assess(course, resolved, single).await, report)
 }
 
 /// The top document and every platform's image manifest, all from the store, for the digest
@@ -83,7 +119,9 @@ pub(super) async fn run(course: &Course<'_>, report: &mut Report) -> Result<(), 
 struct Known {
     digest: Digest,
     media_type: String,
-    resolved: Vec<(Platform, Resolved)>,
+    resolved: Vec<(Wanted, Resolved)>,
+    /// A single-platform image, not an index.
+    single: bool,
 }
 
 fn known(course: &Course<'_>) -> Option<Known> {
@@ -93,30 +131,32 @@ fn known(course: &Course<'_>) -> Option<Known> {
     match &top.document {
         Document::Image(m) => {
             for p in course.platforms {
-                resolved.push((p.clone(), Ok((top.digest.clone(), m.clone()))));
+                resolved.push((Wanted::exact(p), Ok((top.digest.clone(), m.clone()))));
             }
         }
         Document::Index(index) => {
             let offered = index.offered(MAX_PLATFORMS_NAMED);
             for p in course.platforms {
-                let entry = match index.select(p) {
+                let mut wanted = Wanted::exact(p);
+                let entry = match choose(index, p, course.rules) {
                     None => Err(no_match(p, &offered)),
-                    Some(entry) => {
-                        let child =
-                            from_store(&entry.digest, &course.ledger.stored(&entry.digest)?)?;
+                    Some((digest, named)) => {
+                        wanted.entry = named;
+                        let child = from_store(&digest, &course.ledger.stored(&digest)?)?;
                         match child.document {
                             Document::Image(m) => Ok((child.digest, m)),
                             Document::Index(_) => return None,
                         }
                     }
                 };
-                resolved.push((p.clone(), entry));
+                resolved.push((wanted, entry));
             }
         }
     }
     Some(Known {
         digest: top.digest,
         media_type: top.media_type,
+        single: matches!(top.document, Document::Image(_)),
         resolved,
     })
 }
@@ -129,30 +169,30 @@ fn no_match(platform: &Platform, offered: &str) -> Failure {
 }
 
 /// Each platform resolved to one image manifest (or a failure); several may share one.
-async fn resolve(course: &Course<'_>, top: Fetched) -> Vec<(Platform, Resolved)> {
+async fn resolve(course: &Course<'_>, top: Fetched) -> Vec<(Wanted, Resolved)> {
     let index = match top.document {
         Document::Image(m) => {
             return course
                 .platforms
                 .iter()
-                .map(|p| (p.clone(), Ok((top.digest.clone(), m.clone()))))
+                .map(|p| (Wanted::exact(p), Ok((top.digest.clone(), m.clone()))))
                 .collect();
         }
         Document::Index(index) => index,
     };
     // What each platform selects, copied out so the index (up to a thousand entries) is let
     // go before the children are fetched.
-    let wanted: Vec<(&Platform, Option<Digest>)> = course
+    let wanted: Vec<(&Platform, Option<(Digest, Option<Platform>)>)> = course
         .platforms
         .iter()
-        .map(|p| (p, index.select(p).map(|e| e.digest.clone())))
+        .map(|p| (p, choose(&index, p, course.rules)))
         .collect();
     let offered = index.offered(MAX_PLATFORMS_NAMED);
     drop(index);
     // Several platforms may resolve to one entry; fetch each entry once.
     let mut digests: Vec<&Digest> = Vec::new();
     let mut seen: HashSet<&Digest> = HashSet::new();
-    for digest in wanted.iter().filter_map(|(_, d)| d.as_ref()) {
+    for (digest, _) in wanted.iter().filter_map(|(_, d)| d.as_ref()) {
         if seen.insert(digest) {
             digests.push(digest);
         }
@@ -184,10 +224,10 @@ async fn resolve(course: &Course<'_>, top: Fetched) -> Vec<(Platform, Resolved)>
     }))
     .await;
     let mut resolved = Vec::with_capacity(wanted.len());
-    for (platform, entry) in &wanted {
-        let result = match entry {
+    for (platform, chosen) in &wanted {
+        let result = match chosen {
             None => Err(no_match(platform, &offered)),
-            Some(entry) => {
+            Some((entry, _)) => {
                 let (_, fetched) = children
                     .iter()
                     .find(|(d, _)| *d == entry)
@@ -204,21 +244,30 @@ async fn resolve(course: &Course<'_>, top: Fetched) -> Vec<(Platform, Resolved)>
                 }
             }
         };
-        resolved.push(((*platform).clone(), result));
+        let wanted = Wanted {
+            platform: (*platform).clone(),
+            entry: chosen.as_ref().and_then(|(_, named)| named.clone()),
+        };
+        resolved.push((wanted, result));
     }
     resolved
 }
 
-/// Probes the blobs of every resolved manifest and gives each platform its verdict.
-async fn assess(course: &Course<'_>, resolved: Vec<(Platform, Resolved)>) -> Assessed {
-    let results = probe_all(course.session, course.memory, &resolved).await;
+/// Probes the blobs of every resolved manifest and gives each platform its verdict. For a
+/// `single`-platform image, says when its config names a platform some node cannot run.
+async fn assess(course: &Course<'_>, resolved: Vec<(Wanted, Resolved)>, single: bool) -> Assessed {
+    let results = probe_all(course.session, course.memory, &resolved, single).await;
+    let built_for = results
+        .iter()
+        .find_map(|(r, _)| r.platform.as_ref().filter(|_| r.kind == BlobKind::Config));
+    let caution = built_for.and_then(|built| foreign_nodes(built, course.platforms));
     let failures: HashMap<&Digest, &Failure> = results
         .iter()
         .filter_map(|(r, f)| Some((&r.digest, f.as_ref()?)))
         .collect();
     let mut worst: Option<Failure> = None;
     let mut platforms = Vec::with_capacity(resolved.len());
-    for (platform, r) in resolved {
+    for (wanted, r) in resolved {
         let failure = match &r {
             Err(f) => Some(f.clone()),
             Ok((_, m)) => std::iter::once(&m.config.digest)
@@ -235,7 +284,8 @@ async fn assess(course: &Course<'_>, resolved: Vec<(Platform, Resolved)>) -> Ass
             worst = Some(f.clone());
         }
         platforms.push(PlatformReport {
-            platform,
+            platform: wanted.platform,
+            entry: wanted.entry,
             digest: r.as_ref().ok().map(|(d, _)| d.clone()),
             verdict: failure.as_ref().map_or(Verdict::Pullable, |f| f.verdict),
             reason: failure.map(|f| f.reason),
@@ -246,10 +296,36 @@ async fn assess(course: &Course<'_>, resolved: Vec<(Platform, Resolved)>) -> Ass
         platforms,
         blobs,
         worst,
+        caution,
     }
 }
 
+/// The caution for an image `built` for one platform when some of the `nodes` cannot run it.
+/// Every runtime pulls such an image anywhere (there is no index to choose from); whether a
+/// CPU runs it is containerd's vector (an amd64 node runs 386, an arm64 node arm/v8…v5),
+/// whichever runtime pulls.
+fn foreign_nodes(built: &Platform, nodes: &[Platform]) -> Option<String> {
+    let entry = DescriptorPlatform {
+        os: built.os().to_owned(),
+        architecture: built.architecture().to_owned(),
+        variant: built.variant().map(str::to_owned),
+    };
+    let foreign: Vec<String> = nodes
+        .iter()
+        .filter(|n| PlatformRules::Containerd.rank(n, &entry).is_none())
+        .map(ToString::to_string)
+        .collect();
+    (!foreign.is_empty()).then(|| {
+        format!(
+            "built for {built} only (a single-platform image, no index): a {} node pulls it, \
+             but its processes will not start there (exec format error)",
+            foreign.join(" or ")
+        )
+    })
+}
+
 fn finish(assessed: Assessed, report: &mut Report) -> Result<(), Failure> {
+    report.caution = assessed.caution;
     report.platforms = assessed.platforms;
     report.blobs = assessed.blobs;
     match assessed.worst {

@@ -130,6 +130,12 @@ impl Session<'_> {
         self.send(&Method::GET, &path, &headers).await
     }
 
+    /// GETs the whole blob `digest`; the caller bounds what it reads.
+    pub async fn blob(&self, digest: &Digest) -> Result<Reply<'_>, FetchError> {
+        let path = format!("v2/{}/blobs/{digest}", self.repository);
+        self.send(&Method::GET, &path, &HeaderMap::new()).await
+    }
+
     fn url(&self, path: &str) -> Url {
         self.base
             .join(path)

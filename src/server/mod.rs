@@ -187,6 +187,7 @@ pub async fn run(
             probe_timeout: config.probe_timeout,
             store: ManifestStore::new(config.pulls.store_bytes),
             budgets: PullBudgets::new(config.pulls.reserve_percent),
+            rules: crate::oci::platform::PlatformRules::default(),
         }),
         metrics: metrics.clone(),
         budget: config.review_budget,

@@ -135,6 +135,7 @@ pub async fn run(args: ReviewArgs) -> Result<ExitCode, ReviewError> {
         probe_timeout: args.timeout,
         store: ManifestStore::default(),
         budgets: PullBudgets::default(),
+        rules: crate::oci::platform::PlatformRules::default(),
     });
     let policy = policy.current();
 
