@@ -10,6 +10,7 @@ mod client;
 mod credential;
 mod egress;
 mod error;
+pub(crate) mod hosts;
 mod message;
 mod options;
 mod origins;
