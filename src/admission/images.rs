@@ -104,6 +104,7 @@ impl Reviewer {
             let options = ProbeOptions {
                 platforms: platforms.to_vec(),
                 rules: self.rules,
+                hosts: self.hosts.clone(),
                 timeout: self.probe_timeout,
                 blobs: self.blobs.clone(),
                 metered: policy.metered(&resolved.image),

@@ -25,6 +25,7 @@ use crate::oci::platform::{Platform, PlatformRules};
 use crate::policy::{Decision, DecisionKind, Finding, Policy, PolicyError};
 use crate::probe::{BlobMemory, ManifestStore, PullBudgets, Verdict};
 use crate::probe::{CacheOptions, VerdictCache};
+use crate::registry::NodeHosts;
 use crate::registry::RegistryClient;
 use crate::reload::Reloading;
 use images::{Checked, Resolved, finding};
@@ -60,6 +61,8 @@ pub struct ReviewerConfig {
     pub budgets: PullBudgets,
     /// How the nodes' runtime picks an index entry for a platform.
     pub rules: PlatformRules,
+    /// The hosts the nodes pull from (mirrors), as their runtime's configuration says.
+    pub hosts: Arc<NodeHosts>,
 }
 
 /// Decides AdmissionReviews. Cheap to share: everything inside is reference-counted.
@@ -79,6 +82,7 @@ pub struct Reviewer {
     store: ManifestStore,
     budgets: PullBudgets,
     rules: PlatformRules,
+    hosts: Arc<NodeHosts>,
 }
 
 /// Blobs remembered at most: 16 bytes of key each, and moka's bookkeeping.
@@ -121,6 +125,7 @@ impl Reviewer {
             store: config.store,
             budgets: config.budgets,
             rules: config.rules,
+            hosts: config.hosts,
             resolved: moka::sync::Cache::new(RESOLVED_IMAGES),
             probes: Arc::new(tokio::sync::Semaphore::new(MAX_PROBES_IN_FLIGHT)),
         }

@@ -14,6 +14,7 @@ use futures_util::StreamExt as _;
 
 use super::fetch::header_str;
 use super::resolve::{Resolved, Wanted};
+use super::route::{Host, Hosts, Pick};
 use super::verdict::{Failure, Verdict};
 use super::{BlobKind, BlobReport, MAX_PARALLEL_BLOBS};
 use crate::fingerprint::{Fingerprint, random_hmac_key};
@@ -27,8 +28,12 @@ use crate::registry::{FetchError, Reply, Session};
 ///
 /// With `read_config` (a single-platform image, whose config is the only word on what it was
 /// built for), the config is read whole when it is small, in the same one request.
+///
+/// Each blob is asked of the `content` hosts in order until one serves it (one host unless
+/// the nodes' configuration lists mirrors).
 pub(super) async fn probe_all(
-    session: &Session<'_>,
+    hosts: &Hosts<'_>,
+    content: &[&Host<'_>],
     memory: &BlobMemory,
     resolved: &[(Wanted, Resolved)],
     read_config: bool,
@@ -53,11 +58,57 @@ pub(super) async fn probe_all(
         .map(|i| {
             let (kind, blob) = (blobs[i].0, &blobs[i].1);
             let read = read_config && kind == BlobKind::Config;
-            probe_blob(session, memory, kind, blob, read)
+            async move {
+                let served = hosts
+                    .first_served(
+                        content,
+                        &label(kind, blob),
+                        Pick::First,
+                        |host| async move {
+                            match probe_blob(&host.session, memory, kind, blob, read).await {
+                                (report, None) => Ok(report),
+                                (_, Some(failure)) => Err(failure),
+                            }
+                        },
+                    )
+                    .await;
+                match served {
+                    Ok((mut report, host)) => {
+                        if hosts.configured {
+                            report.host = Some(host.name.clone());
+                        }
+                        (report, None)
+                    }
+                    Err(failure) => (refused(kind, blob, &failure), Some(failure)),
+                }
+            }
         })
         .buffered(MAX_PARALLEL_BLOBS)
         .collect()
         .await
+}
+
+fn label(kind: BlobKind, blob: &BlobRef) -> String {
+    match kind {
+        BlobKind::Config => format!("config blob {}", blob.digest.short()),
+        BlobKind::Layer => format!("layer {}", blob.digest.short()),
+    }
+}
+
+/// The report of a blob no host served.
+fn refused(kind: BlobKind, blob: &BlobRef, failure: &Failure) -> BlobReport {
+    BlobReport {
+        digest: blob.digest.clone(),
+        kind,
+        size: blob.size,
+        status: failure.status,
+        verdict: failure.verdict,
+        skipped: false,
+        cached: false,
+        reason: Some(failure.reason.clone()),
+        platform: None,
+        host: None,
+    }
 }
 
 /// GETs the first byte of a blob (or, with `read`, the whole of a small config). Reads at most
@@ -70,10 +121,7 @@ async fn probe_blob(
     blob: &BlobRef,
     read: bool,
 ) -> (BlobReport, Option<Failure>) {
-    let label = match kind {
-        BlobKind::Config => format!("config blob {}", blob.digest.short()),
-        BlobKind::Layer => format!("layer {}", blob.digest.short()),
-    };
+    let label = label(kind, blob);
     let mut report = BlobReport {
         digest: blob.digest.clone(),
         kind,
@@ -84,6 +132,7 @@ async fn probe_blob(
         cached: false,
         reason: None,
         platform: None,
+        host: None,
     };
     if blob.foreign {
         report.skipped = true;

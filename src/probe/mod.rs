@@ -9,6 +9,7 @@ mod cache;
 mod fetch;
 mod ledger;
 mod resolve;
+mod route;
 mod store;
 mod verdict;
 
@@ -20,14 +21,14 @@ pub use blobs::BlobMemory;
 pub use budget::{DEFAULT_RESERVE_PERCENT, PullBudgets};
 pub use cache::CacheOptions;
 pub(crate) use cache::{Answer, ProbeKey, VerdictCache};
+pub use route::HostReport;
 pub use store::{DEFAULT_STORE_BYTES, ManifestStore};
 pub use verdict::{Verdict, classify_status, verdict_of};
 
 use crate::oci::digest::Digest;
 use crate::oci::platform::{Platform, PlatformRules};
 use crate::oci::reference::{ImageRef, ReferenceError};
-use crate::registry::{Credential, CredentialId, RateLimit, RegistryClient, RegistryMessage};
-use ledger::Ledger;
+use crate::registry::{Credential, NodeHosts, RateLimit, RegistryClient, RegistryMessage};
 use resolve::{Course, run};
 use verdict::Failure;
 
@@ -64,6 +65,9 @@ pub struct ProbeOptions {
     pub platforms: Vec<Platform>,
     /// Whose rules pick an index entry for a platform: the nodes' runtime.
     pub rules: PlatformRules,
+    /// The hosts the nodes' runtime pulls from (mirrors), as its configuration says; by
+    /// default none, and every image goes to its registry.
+    pub hosts: std::sync::Arc<NodeHosts>,
     /// Deadline for the whole probe, all credentials included.
     pub timeout: Duration,
     /// Blobs that answered recently, shared with other probes; off by default.
@@ -83,6 +87,7 @@ impl Default for ProbeOptions {
         ProbeOptions {
             platforms: vec![Platform::linux_amd64()],
             rules: PlatformRules::default(),
+            hosts: std::sync::Arc::default(),
             timeout: Duration::from_secs(10),
             blobs: BlobMemory::off(),
             metered: false,
@@ -110,6 +115,13 @@ pub struct Report {
     pub media_type: Option<String>,
     pub platforms: Vec<PlatformReport>,
     pub blobs: Vec<BlobReport>,
+    /// The host that served the manifest, when the nodes' configuration lists hosts for the
+    /// image (a mirror, or the registry after its mirrors).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Every host of the nodes' configuration that was asked, with what it answered.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostReport>,
     /// Pullable, but something the node would trip over after the pull: a single-platform
     /// image built for another architecture than a node the pod can land on.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -201,6 +213,9 @@ pub struct BlobReport {
     /// that, when small).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
+    /// The host that served it, when the nodes' configuration lists hosts for the image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// Probes `image` with the credentials that apply to it, in the kubelet's order: the first
@@ -278,28 +293,38 @@ async fn probe_once(
     deadline: Instant,
 ) -> Report {
     let started = Instant::now();
-    let session = client.session(image, credential, deadline);
-    let ledger = Ledger::new(
-        &options.store,
-        &options.budgets,
-        options.metered,
-        image,
-        credential.map_or(CredentialId::ANONYMOUS, Credential::id),
-    );
+    let route = options.hosts.route(image);
+    let mut report = Report::new(image.to_string(), Verdict::Pullable, String::new());
+    report.credential = credential.map(|c| c.source().to_owned());
+    report.attempts = 1;
+    report.metered = options.metered;
+    if let Some(blocked) = &route.blocked {
+        report.verdict = Verdict::Blocked;
+        report.reason = format!("the nodes' runtime refuses it: {blocked}");
+        return report;
+    }
+    let configured = options.hosts.is_configured();
+    let hosts = match route::hosts(
+        client, &route, configured, image, credential, options, deadline,
+    ) {
+        Ok(hosts) => hosts,
+        Err(f) => {
+            report.verdict = f.verdict;
+            report.reason = f.reason;
+            return report;
+        }
+    };
     let course = Course {
-        session: &session,
-        ledger: &ledger,
+        hosts: &hosts,
         image,
         platforms: &options.platforms,
         rules: options.rules,
         memory: &options.blobs,
     };
-    let mut report = Report::new(image.to_string(), Verdict::Pullable, String::new());
-    report.credential = credential.map(|c| c.source().to_owned());
-    report.attempts = 1;
-    report.metered = options.metered;
+    // Warm-ups for the first host only: the one every request goes to first.
+    let first = &hosts.list[0].session;
     let outcome =
-        tokio::time::timeout_at(deadline.into(), session.warmed(run(&course, &mut report))).await;
+        tokio::time::timeout_at(deadline.into(), first.warmed(run(&course, &mut report))).await;
     let failure = match outcome {
         Ok(result) => result.err(),
         Err(_) => Some(Failure::new(
@@ -336,12 +361,17 @@ async fn probe_once(
             );
         }
     }
-    report.requests = session.requests();
-    report.manifest_gets = session.manifest_gets();
-    report.manifest_heads = session.manifest_heads();
-    report.pulls = ledger.pulls();
-    report.rate_limit = ledger.stated();
-    report.warmups = session.warmups();
+    for host in &hosts.list {
+        report.requests += host.session.requests();
+        report.manifest_gets += host.session.manifest_gets();
+        report.manifest_heads += host.session.manifest_heads();
+        report.pulls += host.ledger.pulls();
+        report.warmups += host.session.warmups();
+        report.rate_limit = host.ledger.stated().or(report.rate_limit);
+    }
+    if configured {
+        report.hosts = hosts.reports();
+    }
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     report
 }
@@ -408,6 +438,8 @@ impl Report {
             platforms: Vec::new(),
             blobs: Vec::new(),
             failed_blob: None,
+            host: None,
+            hosts: Vec::new(),
             caution: None,
             credential: None,
             attempts: 0,

@@ -10,14 +10,15 @@ use futures_util::future::join_all;
 
 use super::blobs::{BlobMemory, probe_all};
 use super::fetch::{Confirmed, Fetched, confirm, fetch_manifest, from_store};
-use super::ledger::{Fetch, Ledger};
+use super::ledger::Fetch;
+use super::route::{Host, Hosts, Pick};
 use super::verdict::{Failure, Verdict};
 use super::{BlobKind, BlobReport, MAX_PLATFORMS_NAMED, PlatformReport, Report};
 use crate::oci::digest::Digest;
 use crate::oci::manifest::{self, Document, ImageManifest, Index};
 use crate::oci::platform::{DescriptorPlatform, Platform, PlatformRules};
 use crate::oci::reference::ImageRef;
-use crate::registry::Session;
+use crate::registry::hosts::Fallback;
 
 /// A platform's image manifest and its digest, or why there is none.
 pub(super) type Resolved = Result<(Digest, ImageManifest), Failure>;
@@ -56,8 +57,8 @@ fn choose(
 
 /// What the probe of one attempt needs besides the session.
 pub(super) struct Course<'a> {
-    pub(super) session: &'a Session<'a>,
-    pub(super) ledger: &'a Ledger<'a>,
+    /// The hosts the node's runtime would ask, each with its session and ledger.
+    pub(super) hosts: &'a Hosts<'a>,
     pub(super) image: &'a ImageRef,
     pub(super) platforms: &'a [Platform],
     /// How the node's runtime picks an index entry for a platform.
@@ -75,14 +76,19 @@ struct Assessed {
 
 /// The probe proper. Fills `report` as it goes so a deadline still shows what was learnt.
 pub(super) async fn run(course: &Course<'_>, report: &mut Report) -> Result<(), Failure> {
+    let hosts = course.hosts;
     // On a metered registry, a digest whose documents are all stored is confirmed with a HEAD
-    // (no pull counted) while its blobs are probed; only a moved tag is fetched again.
-    if let Some(known) = known(course) {
+    // (no pull counted) while its blobs are probed; only a moved tag is fetched again. (Not
+    // through mirrors: they count no pulls, and the nodes go to them first.)
+    if let [only] = &hosts.list[..]
+        && let Some(known) = known(course, only)
+    {
         report.digest = Some(known.digest.clone());
         report.media_type = Some(known.media_type.clone());
+        let content = [only];
         let (confirmed, assessed) = tokio::join!(
-            confirm(course.session, course.ledger, course.image, &known.digest),
-            assess(course, known.resolved, known.single),
+            confirm(&only.session, &only.ledger, course.image, &known.digest),
+            assess(course, &content, known.resolved, known.single),
         );
         match confirmed {
             Confirmed::Same => return finish(assessed, report),
@@ -94,23 +100,44 @@ pub(super) async fn run(course: &Course<'_>, report: &mut Report) -> Result<(), 
         }
     }
     let reference = course.image.manifest_reference();
+    let pick = match hosts.fallback {
+        Fallback::PerRequest => Pick::Furthest,
+        Fallback::PerSource => Pick::Last,
+    };
     // "manifest", not "manifest <tag>": every message already names the image, and one
     // text for all of a registry's missing tags is one copy in the verdict cache.
-    let top = fetch_manifest(
-        course.session,
-        course.ledger,
-        course.image,
-        Fetch::Top,
-        &reference,
-        course.image.digest(),
-        "manifest",
-    )
-    .await?;
+    let (top, served_by) = hosts
+        .first_served(
+            &hosts.for_manifest(course.image),
+            "manifest",
+            pick,
+            |host| {
+                fetch_manifest(
+                    &host.session,
+                    &host.ledger,
+                    course.image,
+                    Fetch::Top,
+                    &reference,
+                    course.image.digest(),
+                    "manifest",
+                )
+            },
+        )
+        .await?;
+    if hosts.configured {
+        report.host = Some(served_by.name.clone());
+    }
+    // containerd fetches every later object from the first host that has it; containers/image
+    // from the host that served the manifest.
+    let content = match hosts.fallback {
+        Fallback::PerRequest => hosts.for_content(),
+        Fallback::PerSource => vec![served_by],
+    };
     report.digest = Some(top.digest.clone());
     report.media_type = Some(top.media_type.clone());
     let single = matches!(top.document, Document::Image(_));
-    let resolved = resolve(course, top).await;
-    finish(assess(course, resolved, single).await, report)
+    let resolved = resolve(course, &content, top).await;
+    finish(assess(course, &content, resolved, single).await, report)
 }
 
 /// The top document and every platform's image manifest, all from the store, for the digest
@@ -124,9 +151,9 @@ struct Known {
     single: bool,
 }
 
-fn known(course: &Course<'_>) -> Option<Known> {
-    let digest = course.ledger.known_digest(course.image)?;
-    let top = from_store(&digest, &course.ledger.stored(&digest)?)?;
+fn known(course: &Course<'_>, host: &Host<'_>) -> Option<Known> {
+    let digest = host.ledger.known_digest(course.image)?;
+    let top = from_store(&digest, &host.ledger.stored(&digest)?)?;
     let mut resolved = Vec::with_capacity(course.platforms.len());
     match &top.document {
         Document::Image(m) => {
@@ -142,7 +169,7 @@ fn known(course: &Course<'_>) -> Option<Known> {
                     None => Err(no_match(p, &offered)),
                     Some((digest, named)) => {
                         wanted.entry = named;
-                        let child = from_store(&digest, &course.ledger.stored(&digest)?)?;
+                        let child = from_store(&digest, &host.ledger.stored(&digest)?)?;
                         match child.document {
                             Document::Image(m) => Ok((child.digest, m)),
                             Document::Index(_) => return None,
@@ -169,7 +196,11 @@ fn no_match(platform: &Platform, offered: &str) -> Failure {
 }
 
 /// Each platform resolved to one image manifest (or a failure); several may share one.
-async fn resolve(course: &Course<'_>, top: Fetched) -> Vec<(Wanted, Resolved)> {
+async fn resolve(
+    course: &Course<'_>,
+    content: &[&Host<'_>],
+    top: Fetched,
+) -> Vec<(Wanted, Resolved)> {
     let index = match top.document {
         Document::Image(m) => {
             return course
@@ -200,26 +231,35 @@ async fn resolve(course: &Course<'_>, top: Fetched) -> Vec<(Wanted, Resolved)> {
     // Policy engines (Harbor) gate the platform manifest, not the index: fetch it. On a
     // metered registry a stored child is content-addressed and needs no GET.
     let children = join_all(digests.iter().map(|&digest| async move {
-        let stored = course
-            .ledger
-            .stored(digest)
-            .and_then(|s| from_store(digest, &s));
-        let fetched = match stored {
-            Some(stored) => Ok(stored),
-            None => {
-                let what = format!("platform manifest {}", digest.short());
-                fetch_manifest(
-                    course.session,
-                    course.ledger,
-                    course.image,
-                    Fetch::Child,
-                    &digest.to_string(),
-                    Some(digest),
-                    &what,
-                )
-                .await
-            }
-        };
+        let what = format!("platform manifest {}", digest.short());
+        let fetched = course
+            .hosts
+            .first_served(content, &what, Pick::First, |host| {
+                let what = &what;
+                async move {
+                    let stored = host
+                        .ledger
+                        .stored(digest)
+                        .and_then(|s| from_store(digest, &s));
+                    match stored {
+                        Some(stored) => Ok(stored),
+                        None => {
+                            fetch_manifest(
+                                &host.session,
+                                &host.ledger,
+                                course.image,
+                                Fetch::Child,
+                                &digest.to_string(),
+                                Some(digest),
+                                what,
+                            )
+                            .await
+                        }
+                    }
+                }
+            })
+            .await
+            .map(|(fetched, _)| fetched);
         (digest, fetched)
     }))
     .await;
@@ -255,8 +295,13 @@ async fn resolve(course: &Course<'_>, top: Fetched) -> Vec<(Wanted, Resolved)> {
 
 /// Probes the blobs of every resolved manifest and gives each platform its verdict. For a
 /// `single`-platform image, says when its config names a platform some node cannot run.
-async fn assess(course: &Course<'_>, resolved: Vec<(Wanted, Resolved)>, single: bool) -> Assessed {
-    let results = probe_all(course.session, course.memory, &resolved, single).await;
+async fn assess(
+    course: &Course<'_>,
+    content: &[&Host<'_>],
+    resolved: Vec<(Wanted, Resolved)>,
+    single: bool,
+) -> Assessed {
+    let results = probe_all(course.hosts, content, course.memory, &resolved, single).await;
     let built_for = results
         .iter()
         .find_map(|(r, _)| r.platform.as_ref().filter(|_| r.kind == BlobKind::Config));

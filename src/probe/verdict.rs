@@ -86,7 +86,8 @@ pub fn verdict_of(e: &FetchError) -> Verdict {
         | FetchError::TooManyRedirects { .. }
         | FetchError::Backoff { .. }
         | FetchError::Descriptors { .. }
-        | FetchError::Busy { .. } => Verdict::Unavailable,
+        | FetchError::Busy { .. }
+        | FetchError::PlainHttp { .. } => Verdict::Unavailable,
         FetchError::Egress { .. } => Verdict::Invalid,
         FetchError::Token(e) => match &**e {
             TokenError::Refused {
@@ -111,6 +112,11 @@ pub(super) struct Failure {
     pub(super) reason: String,
     pub(super) registry: Option<RegistryMessage>,
     pub(super) blob: Option<Digest>,
+    /// The HTTP status of the refusal, when it was one.
+    pub(super) status: Option<u16>,
+    /// Whether the host gave an HTTP answer at all (a status, a body): a runtime that falls
+    /// back from https to plain HTTP does so only when it did not.
+    pub(super) answered: bool,
 }
 
 impl Failure {
@@ -120,15 +126,32 @@ impl Failure {
             reason: reason.into(),
             registry: None,
             blob: None,
+            status: None,
+            answered: true,
         }
     }
 
     pub(super) fn from_fetch(what: &str, e: &FetchError) -> Self {
+        let mut reason = format!("{what}: {e}");
+        if let FetchError::PlainHttp { host, .. } = e {
+            reason.push_str(&format!(
+                ". If the nodes pull it over plain HTTP, their runtime is told so; tell pullgate \
+                 the same: --hosts-dir with server = \"http://{host}\" in {host}/hosts.toml \
+                 (containerd), or --registries-conf with insecure = true for it (CRI-O)"
+            ));
+        }
         Failure {
             verdict: verdict_of(e),
-            reason: format!("{what}: {e}"),
+            reason,
             registry: e.registry_message().cloned(),
             blob: None,
+            status: None,
+            answered: !matches!(
+                e,
+                FetchError::Transport { .. }
+                    | FetchError::Timeout { .. }
+                    | FetchError::PlainHttp { .. }
+            ),
         }
     }
 
@@ -144,6 +167,8 @@ impl Failure {
             reason,
             registry: (!message.is_empty()).then_some(message),
             blob: None,
+            status: Some(status.as_u16()),
+            answered: true,
         }
     }
 }

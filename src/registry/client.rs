@@ -11,13 +11,14 @@ use url::Url;
 
 use super::Credential;
 use super::challenge::Challenge;
-use super::options::{ClientError, ClientOptions};
+use super::options::{ClientError, ClientOptions, HostTls};
 use super::session::Session;
 use super::slots::host_of;
 use super::token::{self, TokenCache};
 use super::transport::{RequestObserver, Transport};
 use super::warm::Warming;
 use crate::oci::reference::ImageRef;
+use reqwest::header::HeaderMap;
 
 /// Challenges kept, by bytes: a few hundred bytes each for real registries.
 const CHALLENGE_CACHE_BYTES: u64 = 2 * 1024 * 1024;
@@ -96,10 +97,49 @@ impl RegistryClient {
         credential: Option<&'a Credential>,
         deadline: Instant,
     ) -> Session<'a> {
+        self.open(
+            SessionTarget {
+                base: registry_base(image),
+                prefix: "v2/".to_owned(),
+                query: None,
+                headers: HeaderMap::new(),
+                tls: HostTls::default(),
+                repository: image.repository().to_owned(),
+            },
+            0,
+            credential,
+            deadline,
+        )
+    }
+
+    /// A session with a host the nodes' configuration names for an image (a mirror, or the
+    /// registry with settings of its own): its scheme, path, query, headers and TLS. Fails
+    /// only when the host's TLS files cannot be read.
+    pub fn session_at<'a>(
+        &'a self,
+        target: SessionTarget,
+        credential: Option<&'a Credential>,
+        deadline: Instant,
+    ) -> Result<Session<'a>, ClientError> {
+        let profile = self.shared.transport.profile(&target.tls)?;
+        Ok(self.open(target, profile, credential, deadline))
+    }
+
+    fn open<'a>(
+        &'a self,
+        target: SessionTarget,
+        profile: usize,
+        credential: Option<&'a Credential>,
+        deadline: Instant,
+    ) -> Session<'a> {
         Session {
             shared: &self.shared,
-            base: registry_base(image),
-            repository: image.repository().to_owned(),
+            base: target.base,
+            prefix: target.prefix,
+            query: target.query,
+            headers: target.headers,
+            profile,
+            repository: target.repository,
             credential: credential.filter(|c| !c.is_anonymous()),
             deadline,
             requests: AtomicU32::new(0),
@@ -110,6 +150,19 @@ impl RegistryClient {
             warming: Warming::default(),
         }
     }
+}
+
+/// Where a session sends its requests.
+#[derive(Clone, Debug)]
+pub struct SessionTarget {
+    /// `scheme://host[:port]/`.
+    pub base: Url,
+    /// Before the repository in request paths: `v2/`, an override (`proxy/v2/`), or empty.
+    pub prefix: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub tls: HostTls,
+    pub repository: String,
 }
 
 /// `https://host[:port]/` of `image`'s registry.

@@ -52,6 +52,9 @@ pub enum FetchError {
     },
     #[error("no connection to {url} became free in time: {reason}")]
     Busy { url: String, reason: &'static str },
+    /// The server answered the TLS handshake in plain HTTP: a plain-HTTP registry.
+    #[error("{host} answered in plain HTTP, not TLS: it is a plain-HTTP registry")]
+    PlainHttp { url: String, host: String },
 }
 
 impl FetchError {
@@ -95,9 +98,32 @@ pub(super) fn describe(e: &reqwest::Error) -> String {
     }
 }
 
+/// Whether `err` is rustls' word for a TLS record that is not one: the server spoke plain
+/// HTTP (its answer starts "HTTP/1.1 400"). An `io::Error` hides what it wraps from
+/// `source()`, so it is looked into.
+fn is_plain_http(err: &(dyn std::error::Error + 'static)) -> bool {
+    let rustls_error = err.downcast_ref::<rustls::Error>().or_else(|| {
+        err.downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    });
+    matches!(
+        rustls_error,
+        Some(rustls::Error::InvalidMessage(
+            rustls::InvalidMessage::InvalidContentType
+        ))
+    )
+}
+
 pub(super) fn classify_reqwest(url: &Url, e: &reqwest::Error) -> FetchError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
+        if url.scheme() == "https" && is_plain_http(err) {
+            return FetchError::PlainHttp {
+                url: display_url(url),
+                host: url.authority().to_owned(),
+            };
+        }
         if let Some(refused) = err.downcast_ref::<Refused>() {
             return FetchError::Egress {
                 url: display_url(url),

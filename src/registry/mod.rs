@@ -21,12 +21,13 @@ mod token;
 mod transport;
 mod warm;
 
-pub use client::RegistryClient;
+pub use client::{RegistryClient, SessionTarget};
 pub use credential::{Credential, CredentialId};
 pub use egress::{EgressPolicy, Refused};
 pub use error::{FetchError, MAX_REDIRECTS, display_url};
+pub use hosts::{HostsError, NodeHosts};
 pub use message::RegistryMessage;
-pub use options::{ClientError, ClientOptions};
+pub use options::{ClientError, ClientOptions, HostTls};
 pub use ratelimit::RateLimit;
 pub use session::Session;
 pub use slots::{OutOfDescriptors, OutboundLimits};

@@ -2,11 +2,14 @@
 //! probe limit and the bounds on sockets, parsed from flags at the edge, and the TLS
 //! configuration built from them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::{RootCertStore, pki_types::CertificateDer};
+use rustls::{
+    RootCertStore,
+    pki_types::{CertificateDer, PrivateKeyDer},
+};
 use rustls_pki_types::pem::PemObject;
 
 use super::egress::EgressPolicy;
@@ -32,6 +35,23 @@ pub struct ClientOptions {
     pub outbound: OutboundLimits,
 }
 
+/// What a node's `hosts.toml` says about TLS for one host (`ca`, `client`, `skip_verify`), on
+/// top of pullgate's own trust (`--ca-file`, the system roots).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HostTls {
+    pub ca_files: Vec<PathBuf>,
+    /// Certificate and key files; without a key file, the key is in the certificate's.
+    pub client_certs: Vec<(PathBuf, Option<PathBuf>)>,
+    pub skip_verify: bool,
+}
+
+impl HostTls {
+    /// Nothing beyond pullgate's own settings.
+    pub fn is_default(&self) -> bool {
+        *self == HostTls::default()
+    }
+}
+
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
@@ -53,6 +73,8 @@ pub enum ClientError {
     CaFile { path: String, reason: String },
     #[error("CA file {path} holds no PEM certificate")]
     CaFileEmpty { path: String },
+    #[error("cannot read client certificate or key {path}: {reason}")]
+    ClientCert { path: String, reason: String },
     #[error("cannot build the TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
     #[error("cannot build the HTTP client: {0}")]
@@ -80,22 +102,51 @@ impl ClientOptions {
     }
 }
 
-pub(super) fn tls_config(options: &ClientOptions) -> Result<rustls::ClientConfig, ClientError> {
+/// The TLS configuration for the registries pullgate's own settings cover, or with `host`,
+/// for a host the nodes' configuration gives TLS settings of its own.
+pub(super) fn tls_config(
+    options: &ClientOptions,
+    host: Option<&HostTls>,
+) -> Result<rustls::ClientConfig, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
-    let mut config = if options.insecure_skip_tls_verify {
+    let skip_verify = options.insecure_skip_tls_verify || host.is_some_and(|h| h.skip_verify);
+    let builder = if skip_verify {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(insecure::NoVerify(provider)))
-            .with_no_client_auth()
     } else {
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let native = rustls_native_certs::load_native_certs();
         roots.add_parsable_certificates(native.certs);
         roots.add_parsable_certificates(options.extra_roots.iter().cloned());
-        builder.with_root_certificates(roots).with_no_client_auth()
+        for path in host.map_or(&[][..], |h| &h.ca_files[..]) {
+            roots.add_parsable_certificates(ClientOptions::load_ca_file(path)?);
+        }
+        builder.with_root_certificates(roots)
+    };
+    // rustls presents one client certificate; containerd's list is tried in order, and the
+    // first pair is the one a host is normally given.
+    let mut config = match host.and_then(|h| h.client_certs.first()) {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let key_file = key.as_deref().unwrap_or(cert);
+            let unreadable = |path: &Path, e: &dyn std::fmt::Display| ClientError::ClientCert {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            };
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| unreadable(cert, &e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| unreadable(cert, &e))?;
+            let key =
+                PrivateKeyDer::from_pem_file(key_file).map_err(|e| unreadable(key_file, &e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| unreadable(cert, &e))?
+        }
     };
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)

@@ -26,7 +26,18 @@ use crate::oci::manifest;
 /// One image, one credential, one deadline. Counts every HTTP request it makes.
 pub struct Session<'a> {
     pub(super) shared: &'a Shared,
+    /// `scheme://host[:port]/`.
     pub(super) base: Url,
+    /// What comes before the repository in a request path: `v2/` normally, a node's
+    /// `override_path` (`proxy/v2/`), or nothing.
+    pub(super) prefix: String,
+    /// Added to every request to the registry: `ns=<registry>` for a mirror, as containerd
+    /// sends it.
+    pub(super) query: Option<String>,
+    /// Added to every request to the registry (a node's `header` settings).
+    pub(super) headers: HeaderMap,
+    /// The TLS profile of the host (see `Transport::profile`).
+    pub(super) profile: usize,
     pub(super) repository: String,
     pub(super) credential: Option<&'a Credential>,
     pub(super) deadline: Instant,
@@ -72,6 +83,11 @@ impl Session<'_> {
     /// over HTTP/1.1, the connections its later requests will need are opened while its first
     /// request is on its way (see `warm.rs`). Its first request should be sent first.
     pub async fn warmed<F: Future>(&self, work: F) -> F::Output {
+        // Warm-ups go out with pullgate's own TLS settings and no extra headers: a host the
+        // nodes configure otherwise is not warmed.
+        if self.profile != 0 || !self.headers.is_empty() {
+            return work.await;
+        }
         let burst = Burst {
             transport: &self.shared.transport,
             base: &self.base,
@@ -107,7 +123,7 @@ impl Session<'_> {
     pub async fn manifest(&self, reference: &str) -> Result<Reply<'_>, FetchError> {
         let mut headers = HeaderMap::new();
         headers.insert(header::ACCEPT, HeaderValue::from_static(manifest::ACCEPT));
-        let path = format!("v2/{}/manifests/{reference}", self.repository);
+        let path = format!("{}{}/manifests/{reference}", self.prefix, self.repository);
         self.manifest_gets.fetch_add(1, Ordering::Relaxed);
         self.send(&Method::GET, &path, &headers).await
     }
@@ -117,7 +133,7 @@ impl Session<'_> {
     pub async fn manifest_head(&self, reference: &str) -> Result<Reply<'_>, FetchError> {
         let mut headers = HeaderMap::new();
         headers.insert(header::ACCEPT, HeaderValue::from_static(manifest::ACCEPT));
-        let path = format!("v2/{}/manifests/{reference}", self.repository);
+        let path = format!("{}{}/manifests/{reference}", self.prefix, self.repository);
         self.manifest_heads.fetch_add(1, Ordering::Relaxed);
         self.send(&Method::HEAD, &path, &headers).await
     }
@@ -126,20 +142,23 @@ impl Session<'_> {
     pub async fn blob_range(&self, digest: &Digest) -> Result<Reply<'_>, FetchError> {
         let mut headers = HeaderMap::new();
         headers.insert(header::RANGE, HeaderValue::from_static("bytes=0-0"));
-        let path = format!("v2/{}/blobs/{digest}", self.repository);
+        let path = format!("{}{}/blobs/{digest}", self.prefix, self.repository);
         self.send(&Method::GET, &path, &headers).await
     }
 
     /// GETs the whole blob `digest`; the caller bounds what it reads.
     pub async fn blob(&self, digest: &Digest) -> Result<Reply<'_>, FetchError> {
-        let path = format!("v2/{}/blobs/{digest}", self.repository);
+        let path = format!("{}{}/blobs/{digest}", self.prefix, self.repository);
         self.send(&Method::GET, &path, &HeaderMap::new()).await
     }
 
     fn url(&self, path: &str) -> Url {
-        self.base
+        let mut url = self
+            .base
             .join(path)
-            .expect("registry paths are relative URL paths")
+            .expect("registry paths are relative URL paths");
+        url.set_query(self.query.as_deref());
+        url
     }
 
     /// Sends `method` to `path` on the registry, answering auth challenges and following
@@ -159,6 +178,7 @@ impl Session<'_> {
             exchange: Exchange {
                 deadline: self.deadline,
                 requests: &self.requests,
+                profile: self.profile,
             },
         };
         let registry = origin(&self.base);
@@ -166,10 +186,13 @@ impl Session<'_> {
         let started = Instant::now();
         let _in_flight = InFlight::enter(&self.in_flight, &self.peak);
         let mut url = self.url(path);
+        let mut with_extra = headers.clone();
+        with_extra.extend(self.headers.clone());
         for _ in 0..=MAX_REDIRECTS {
-            let resp = auth
-                .send(method, &url, headers, origin(&url) == registry)
-                .await?;
+            let own = origin(&url) == registry;
+            // The node's extra headers go to the registry only, like its credential.
+            let sent = if own { &with_extra } else { headers };
+            let resp = auth.send(method, &url, sent, own).await?;
             if first {
                 self.warming.first_took(started.elapsed());
             }

@@ -21,7 +21,7 @@ use url::Url;
 use super::egress::GuardedResolver;
 use super::error::{FetchError, classify_reqwest, display_url};
 use super::message::RegistryMessage;
-use super::options::{ClientError, ClientOptions, tls_config};
+use super::options::{ClientError, ClientOptions, HostTls, tls_config};
 use super::origins::{Dial, HandshakeLayer, Origin, Origins, WarmUpOnHttp2};
 use super::slots::{FdGuardLayer, Outbound, Slot};
 
@@ -54,9 +54,12 @@ pub type RequestObserver = Arc<dyn Fn(&str, Option<u16>) + Send + Sync>;
 pub(super) struct Transport {
     /// The HTTP client and its pool; replaced by a fresh one when descriptors run short, so
     /// that the old pool's idle connections close.
-    http: RwLock<reqwest::Client>,
-    /// What a fresh client is built from.
-    tls: rustls::ClientConfig,
+    /// One client per TLS profile: 0 for pullgate's own settings, then one for each TLS
+    /// setting the nodes' host configuration gives a host, made when first needed.
+    http: RwLock<Vec<reqwest::Client>>,
+    /// What fresh clients are built from, by profile, and the host settings of each profile
+    /// past 0.
+    tls: RwLock<(Vec<rustls::ClientConfig>, Vec<HostTls>)>,
     fd_guard: Option<FdGuardLayer>,
     /// When the client was last replaced.
     renewed: Mutex<Instant>,
@@ -74,6 +77,8 @@ pub(super) struct Transport {
 pub(super) struct Exchange<'a> {
     pub(super) deadline: Instant,
     pub(super) requests: &'a AtomicU32,
+    /// The TLS profile of the session's host (0: pullgate's own settings).
+    pub(super) profile: usize,
 }
 
 fn http_client(
@@ -105,14 +110,51 @@ fn http_client(
         .map_err(ClientError::Http)
 }
 
+fn clients(
+    options: &ClientOptions,
+    tls: &[rustls::ClientConfig],
+    fd_guard: Option<&FdGuardLayer>,
+) -> Result<Vec<reqwest::Client>, ClientError> {
+    tls.iter()
+        .map(|t| http_client(options, t.clone(), fd_guard.cloned()))
+        .collect()
+}
+
 impl Transport {
+    /// The TLS profile for a host with `tls` settings: 0 unless it has some of its own, whose
+    /// client is made the first time they are seen (the settings come from the nodes'
+    /// configuration, a handful of hosts).
+    pub(super) fn profile(&self, tls: &HostTls) -> Result<usize, ClientError> {
+        if tls.is_default() {
+            return Ok(0);
+        }
+        let known = |t: &(Vec<rustls::ClientConfig>, Vec<HostTls>)| {
+            t.1.iter().position(|h| h == tls).map(|i| i + 1)
+        };
+        if let Some(i) = known(&self.tls.read().unwrap_or_else(PoisonError::into_inner)) {
+            return Ok(i);
+        }
+        let mut profiles = self.tls.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = known(&profiles) {
+            return Ok(i);
+        }
+        let config = tls_config(&self.options, Some(tls))?;
+        let client = http_client(&self.options, config.clone(), self.fd_guard.clone())?;
+        let mut http = self.http.write().unwrap_or_else(PoisonError::into_inner);
+        profiles.0.push(config);
+        profiles.1.push(tls.clone());
+        http.push(client);
+        Ok(profiles.1.len())
+    }
+
     pub(super) fn new(
         options: ClientOptions,
         observer: Option<RequestObserver>,
     ) -> Result<Self, ClientError> {
-        let tls = tls_config(&options)?;
+        let tls = vec![tls_config(&options, None)?];
         let fd_guard = options.outbound.fd_ceiling.map(FdGuardLayer::new);
-        let http = http_client(&options, tls.clone(), fd_guard.clone())?;
+        let http = clients(&options, &tls, fd_guard.as_ref())?;
+        let tls = RwLock::new((tls, Vec::new()));
         Ok(Transport {
             http: RwLock::new(http),
             tls,
@@ -141,13 +183,14 @@ impl Transport {
     /// The HTTP client in service. When the descriptor guard refused a connection, a fresh
     /// client (and pool) replaces it first, at most every few seconds: the old one is dropped
     /// when its last request ends, and its idle connections close with it.
-    fn http(&self) -> reqwest::Client {
+    fn http(&self, profile: usize) -> reqwest::Client {
         if let Some(guard) = &self.fd_guard
             && guard.pressed.swap(false, Ordering::SeqCst)
         {
             let mut renewed = self.renewed.lock().unwrap_or_else(PoisonError::into_inner);
             if renewed.elapsed() >= RENEW_EVERY {
-                match http_client(&self.options, self.tls.clone(), Some(guard.clone())) {
+                let tls = self.tls.read().unwrap_or_else(PoisonError::into_inner);
+                match clients(&self.options, &tls.0, Some(guard)) {
                     Ok(fresh) => {
                         *renewed = Instant::now();
                         tracing::warn!("file descriptors short: registry connection pool renewed");
@@ -157,10 +200,8 @@ impl Transport {
                 }
             }
         }
-        self.http
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        let clients = self.http.read().unwrap_or_else(PoisonError::into_inner);
+        clients.get(profile).unwrap_or(&clients[0]).clone()
     }
 
     /// Sends `method` (GET or HEAD) to `url` with `headers` and, when given, `auth` as its
@@ -189,7 +230,7 @@ impl Transport {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let timeout = remaining.min(self.options.request_timeout);
         let mut req = self
-            .http()
+            .http(exchange.profile)
             .request(method.clone(), url.clone())
             .headers(headers.clone())
             .timeout(timeout);
@@ -234,7 +275,7 @@ impl Transport {
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
         let req = self
-            .http()
+            .http(0)
             .get(ping.clone())
             .timeout(remaining.min(self.options.request_timeout));
         let on_wire = Arc::new(AtomicBool::new(false));

@@ -188,6 +188,7 @@ pub async fn run(
             store: ManifestStore::new(config.pulls.store_bytes),
             budgets: PullBudgets::new(config.pulls.reserve_percent),
             rules: crate::oci::platform::PlatformRules::default(),
+            hosts: Default::default(),
         }),
         metrics: metrics.clone(),
         budget: config.review_budget,

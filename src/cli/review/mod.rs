@@ -136,6 +136,7 @@ pub async fn run(args: ReviewArgs) -> Result<ExitCode, ReviewError> {
         store: ManifestStore::default(),
         budgets: PullBudgets::default(),
         rules: crate::oci::platform::PlatformRules::default(),
+        hosts: Default::default(),
     });
     let policy = policy.current();
 

@@ -112,9 +112,6 @@
 //! containers/image `registries.conf.d` drop-ins, `/etc/containers/certs.d`, credential
 //! helpers, short-name aliases; the newest snapshot's per-endpoint `NamespaceProxy`.
 
-// Wired into the probe next: nothing outside the module calls it yet.
-#![allow(dead_code)]
-
 mod containerd;
 mod registries_conf;
 #[cfg(test)]
@@ -126,6 +123,7 @@ use std::path::PathBuf;
 use http::{HeaderName, HeaderValue};
 
 use crate::io::ReadError;
+use crate::oci::platform::PlatformRules;
 use crate::oci::reference::{DOCKER_HUB, DOCKER_HUB_API, ImageRef};
 
 pub(crate) use containerd::ContainerdHosts;
@@ -137,10 +135,13 @@ pub(crate) const MAX_FILE_BYTES: u64 = 1 << 20;
 /// in one host directory); a node has a handful.
 pub(crate) const MAX_DIR_ENTRIES: usize = 1024;
 
-/// What the node's runtime is configured with, loaded once at startup.
+/// What the nodes' runtime is configured with (`--hosts-dir` or `--registries-conf`),
+/// loaded once at startup; by default nothing, and every image goes to its registry.
 #[derive(Debug, Default)]
-pub(crate) enum NodeHosts {
-    /// Nothing configured: every image goes to `https://<registry>/v2`.
+pub struct NodeHosts(Config);
+
+#[derive(Debug, Default)]
+enum Config {
     #[default]
     None,
     Containerd(ContainerdHosts),
@@ -149,26 +150,49 @@ pub(crate) enum NodeHosts {
 
 impl NodeHosts {
     /// Reads a containerd `config_path` directory.
-    pub(crate) fn load_hosts_dir(dir: &std::path::Path) -> Result<Self, HostsError> {
-        ContainerdHosts::load(dir).map(NodeHosts::Containerd)
+    pub fn load_hosts_dir(dir: &std::path::Path) -> Result<Self, HostsError> {
+        ContainerdHosts::load(dir).map(|h| NodeHosts(Config::Containerd(h)))
     }
 
     /// Reads a containers-registries.conf(5) file as CRI-O does.
-    pub(crate) fn load_registries_conf(path: &std::path::Path) -> Result<Self, HostsError> {
-        RegistriesConf::load(path).map(NodeHosts::CriO)
+    pub fn load_registries_conf(path: &std::path::Path) -> Result<Self, HostsError> {
+        RegistriesConf::load(path).map(|c| NodeHosts(Config::CriO(c)))
+    }
+
+    /// Whose rules pick an index entry on these nodes: containers/image's with a
+    /// registries.conf (CRI-O), containerd's otherwise.
+    pub fn platform_rules(&self) -> PlatformRules {
+        match self.0 {
+            Config::CriO(_) => PlatformRules::ContainersImage,
+            _ => PlatformRules::Containerd,
+        }
+    }
+
+    /// What was loaded, for the startup log.
+    pub fn describe(&self) -> String {
+        match &self.0 {
+            Config::None => "none: every image goes to its registry".to_owned(),
+            Config::Containerd(h) => format!("containerd hosts directory {}", h.root().display()),
+            Config::CriO(c) => format!("registries.conf {}", c.path().display()),
+        }
+    }
+
+    /// Whether anything was loaded.
+    pub fn is_configured(&self) -> bool {
+        !matches!(self.0, Config::None)
     }
 
     /// The hosts the node's runtime tries for `image`, in its order.
     pub(crate) fn route(&self, image: &ImageRef) -> Route {
-        match self {
-            NodeHosts::None => Route {
+        match &self.0 {
+            Config::None => Route {
                 blocked: None,
                 endpoints: vec![Endpoint::plain(image.api_host(), image.repository())],
                 source: "default".to_owned(),
                 fallback: Fallback::PerRequest,
             },
-            NodeHosts::Containerd(hosts) => hosts.route(image),
-            NodeHosts::CriO(conf) => conf.route(image),
+            Config::Containerd(hosts) => hosts.route(image),
+            Config::CriO(conf) => conf.route(image),
         }
     }
 }
@@ -197,21 +221,50 @@ pub(crate) struct Route {
     pub(crate) fallback: Fallback,
 }
 
+/// What a host may be asked for (containerd's `capabilities`; every CRI-O source may be
+/// asked for everything its route was computed for).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Capabilities {
+    /// `resolve`: may turn a tag into a digest.
+    pub(crate) resolve: bool,
+    /// `pull`: may serve content by digest.
+    pub(crate) pull: bool,
+}
+
+impl Capabilities {
+    /// Whether the host may serve the image's own manifest (containerd `Resolve`: a tag
+    /// goes to hosts with `pull` *and* `resolve`, `filterHosts(Pull|Resolve)` with
+    /// `HostCapabilities.Has` being `c&t == t`; a digest to hosts with `pull`).
+    pub(crate) fn serves_manifest(self, digest: bool) -> bool {
+        self.pull && (digest || self.resolve)
+    }
+}
+
+/// The hosts containerd's `dockerFetcher.Fetch` tries for child manifests and blobs: every
+/// one, in order, as long as one has `pull` (it checks the filtered list for emptiness but
+/// loops over `r.hosts`); none when none has.
+pub(crate) fn fetch_hosts<T>(hosts: &[T], caps: impl Fn(&T) -> Capabilities) -> Vec<&T> {
+    if hosts.iter().any(|h| caps(h).pull) {
+        hosts.iter().collect()
+    } else {
+        Vec::new()
+    }
+}
+
+#[cfg(test)]
 impl Route {
-    /// Endpoints that may resolve a tag: containerd wants `pull` *and* `resolve`
-    /// (`Resolve`: `filterHosts(HostCapabilityPull | HostCapabilityResolve)`). CRI-O routes
-    /// are already computed for the reference, every endpoint has both.
     pub(crate) fn for_tag(&self) -> impl Iterator<Item = &Endpoint> {
-        self.endpoints.iter().filter(|e| e.pull && e.resolve)
+        self.endpoints
+            .iter()
+            .filter(|e| e.capabilities().serves_manifest(false))
     }
 
-    /// Endpoints that may serve the image's own manifest by digest (containerd `Resolve` of a
-    /// digest reference: `filterHosts(HostCapabilityPull)`).
     pub(crate) fn for_digest(&self) -> impl Iterator<Item = &Endpoint> {
-        self.endpoints.iter().filter(|e| e.pull)
+        self.endpoints
+            .iter()
+            .filter(|e| e.capabilities().serves_manifest(true))
     }
 
-    /// [`Route::for_tag`] or [`Route::for_digest`], as the image names a tag or a digest.
     pub(crate) fn for_manifest<'a>(
         &'a self,
         image: &ImageRef,
@@ -223,12 +276,8 @@ impl Route {
         }
     }
 
-    /// Endpoints that containerd's `dockerFetcher.Fetch` tries for child manifests and blobs:
-    /// every endpoint, in order, as long as one has `pull` (it checks the filtered list for
-    /// emptiness but loops over `r.hosts`). Empty when none has `pull`.
     pub(crate) fn for_fetch(&self) -> impl Iterator<Item = &Endpoint> {
-        let any_pull = self.endpoints.iter().any(|e| e.pull);
-        self.endpoints.iter().filter(move |_| any_pull)
+        fetch_hosts(&self.endpoints, Endpoint::capabilities).into_iter()
     }
 }
 
@@ -275,6 +324,13 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
+    pub(crate) fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            resolve: self.resolve,
+            pull: self.pull,
+        }
+    }
+
     /// `https://<host>/v2` with every capability: both runtimes' default.
     fn plain(host: &str, repository: &str) -> Self {
         Endpoint {
@@ -327,7 +383,7 @@ impl fmt::Debug for RedactedHeaders<'_> {
 
 /// Why the node's host configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum HostsError {
+pub enum HostsError {
     /// A file could not be read or is larger than [`MAX_FILE_BYTES`] (the error names it).
     #[error(transparent)]
     Read(#[from] ReadError),

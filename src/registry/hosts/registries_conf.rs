@@ -119,6 +119,10 @@ impl RegistriesConf {
 
     /// containers/image `newImageSource`: the matching `[[registry]]`'s pull sources, each
     /// rewritten to its location, minus the sources `newDockerClient` refuses as blocked.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub(crate) fn route(&self, image: &ImageRef) -> Route {
         let domain = reference_domain(image);
         let name = format!("{domain}/{}", image.repository());
