@@ -1,16 +1,19 @@
-//! Probing as the node's runtime pulls, against a real registry (Debian's docker-registry):
+//! Probing as the node's runtime pulls, against real registries (Debian's docker-registry):
 //! the platform an index entry is chosen for (containerd's ordered fallback, containers/image's
-//! rules), and a single-platform image built for another architecture.
+//! rules), a single-platform image built for another architecture, and the hosts the nodes
+//! pull from (a real pull-through mirror, a mirror that is down or refuses, a plain-HTTP
+//! registry) as containerd's hosts.toml and CRI-O's registries.conf list them.
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use pullgate::{
     oci::platform::{Platform, PlatformRules},
     oci::reference::ImageRef,
     probe::{self, ProbeOptions, Report, Verdict},
-    registry::RegistryClient,
+    registry::{Credential, NodeHosts, RegistryClient},
 };
 use support::*;
 
@@ -243,4 +246,413 @@ async fn a_config_whose_bytes_do_not_match_its_digest_is_invalid() {
         "{}",
         r.reason
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mirrors, as the nodes' containerd hosts.toml or CRI-O registries.conf list them.
+// ---------------------------------------------------------------------------------------------
+
+/// A port nothing listens on: a registry or mirror that is down.
+fn dead_host() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("127.0.0.1:{port}")
+}
+
+/// A containerd `config_path` with one `hosts.toml` per `(registry host, contents)`.
+fn hosts_dir(files: &[(&str, String)]) -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    for (host, toml) in files {
+        let dir = root.path().join(host);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hosts.toml"), toml).unwrap();
+    }
+    root
+}
+
+fn registries_conf(contents: &str) -> (tempfile::TempDir, NodeHosts) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registries.conf");
+    std::fs::write(&path, contents).unwrap();
+    let hosts = NodeHosts::load_registries_conf(&path).unwrap();
+    (dir, hosts)
+}
+
+async fn probe_through(
+    client: &RegistryClient,
+    reference: &str,
+    hosts: NodeHosts,
+    credentials: &[Credential],
+) -> Report {
+    let options = ProbeOptions {
+        rules: hosts.platform_rules(),
+        hosts: Arc::new(hosts),
+        timeout: Duration::from_secs(10),
+        ..ProbeOptions::default()
+    };
+    probe::probe(
+        client,
+        &ImageRef::parse(reference).unwrap(),
+        credentials,
+        &options,
+    )
+    .await
+}
+
+fn answers(r: &Report, host: &str) -> Vec<String> {
+    r.hosts
+        .iter()
+        .find(|h| h.host.contains(host))
+        .map(|h| h.answers.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_pull_through_mirror_serves_an_image_whose_registry_is_down() {
+    let w = World::new();
+    let img = w
+        .push("team/app", "v1", ImageSpec::new().with_layers(&[100, 200]))
+        .await;
+    let cache = tempfile::tempdir().unwrap();
+    let mirror = Registry::start_mirror_of(&w.pki, cache.path(), &w.seed.base()).unwrap();
+    // The image names a registry that is down; the nodes pull it from the mirror.
+    let upstream = dead_host();
+    let reference = format!("{upstream}/team/app:v1");
+    let client = w.client();
+
+    let without = probe_through(&client, &reference, NodeHosts::default(), &[]).await;
+    assert_eq!(without.verdict, Verdict::Unavailable, "{without:#?}");
+
+    let dir = hosts_dir(&[(
+        upstream.as_str(),
+        format!(
+            "server = \"https://{upstream}\"\n\n[host.\"https://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            mirror.host()
+        ),
+    )]);
+    let hosts = NodeHosts::load_hosts_dir(dir.path()).unwrap();
+    let r = probe_through(&client, &reference, hosts, &[]).await;
+    assert_eq!(r.verdict, Verdict::Pullable, "{r:#?}");
+    assert_eq!(
+        r.host.as_deref(),
+        Some(format!("https://{}/v2", mirror.host()).as_str())
+    );
+    assert_eq!(r.digest.as_ref().unwrap().to_string(), img.manifest_digest);
+    assert_eq!(
+        answers(&r, &mirror.host()),
+        ["manifest: served", "3 more object(s) served"]
+    );
+    // The registry that is down was never needed.
+    assert!(answers(&r, &upstream).is_empty(), "{:?}", r.hosts);
+    assert!(
+        r.blobs
+            .iter()
+            .all(|b| b.host.as_deref() == r.host.as_deref())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_that_is_down_falls_back_to_the_registry_and_the_report_says_so() {
+    let w = World::new();
+    w.push("team/app", "v1", ImageSpec::new().with_layers(&[100]))
+        .await;
+    let down = dead_host();
+    let registry = w.seed.host();
+    let dir = hosts_dir(&[(
+        registry.as_str(),
+        format!("server = \"https://{registry}\"\n\n[host.\"https://{down}\"]\n"),
+    )]);
+    let hosts = NodeHosts::load_hosts_dir(dir.path()).unwrap();
+    let r = probe_through(&w.client(), &format!("{registry}/team/app:v1"), hosts, &[]).await;
+    assert_eq!(r.verdict, Verdict::Pullable, "{r:#?}");
+    assert_eq!(
+        r.host.as_deref(),
+        Some(format!("https://{registry}/v2").as_str())
+    );
+    let mirror = answers(&r, &down);
+    assert!(
+        mirror[0].starts_with("manifest: cannot reach"),
+        "{mirror:?}"
+    );
+    assert_eq!(answers(&r, &registry)[0], "manifest: served");
+}
+
+/// A policy front on the mirror (a Harbor proxy-cache project with a vulnerability policy)
+/// refuses one layer. containerd asks the next host for that layer and pulls; containers/image
+/// took the manifest from the mirror and takes every blob from it, so CRI-O's pull fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_the_mirror_refuses_comes_from_the_registry_on_containerd_not_on_cri_o() {
+    let w = World::new();
+    let img = w
+        .push("team/app", "v1", ImageSpec::new().with_layers(&[100, 200]))
+        .await;
+    let cache = tempfile::tempdir().unwrap();
+    let mirror = Registry::start_mirror_of(&w.pki, cache.path(), &w.seed.base()).unwrap();
+    let policy = PolicyProxy::start(&w.pki, &mirror).await;
+    let refused = img.layer_digests[1].clone();
+    policy.rule(Rule::new(
+        None,
+        &refused,
+        Action::json(
+            403,
+            r#"{"errors":[{"code":"DENIED","message":"blocked by a vulnerability policy"}]}"#,
+        ),
+    ));
+    let registry = w.seed.host();
+    let reference = format!("{registry}/team/app:v1");
+    let client = w.client();
+
+    let dir = hosts_dir(&[(
+        registry.as_str(),
+        format!(
+            "server = \"https://{registry}\"\n\n[host.\"https://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            policy.host()
+        ),
+    )]);
+    let r = probe_through(
+        &client,
+        &reference,
+        NodeHosts::load_hosts_dir(dir.path()).unwrap(),
+        &[],
+    )
+    .await;
+    assert_eq!(r.verdict, Verdict::Pullable, "containerd: {r:#?}");
+    assert_eq!(
+        r.host.as_deref(),
+        Some(format!("https://{}/v2", policy.host()).as_str())
+    );
+    let layer = r
+        .blobs
+        .iter()
+        .find(|b| b.digest.to_string() == refused)
+        .unwrap();
+    assert_eq!(
+        layer.host.as_deref(),
+        Some(format!("https://{registry}/v2").as_str())
+    );
+    assert!(
+        answers(&r, &policy.host())
+            .iter()
+            .any(|a| a.contains("HTTP 403") && a.contains("vulnerability policy")),
+        "{:?}",
+        r.hosts
+    );
+    // containerd sends the image's registry to a mirror as `ns`.
+    let asked: Vec<Seen> = policy.requests();
+    assert!(
+        asked
+            .iter()
+            .filter(|s| s.path.contains("/team/app/"))
+            .all(|s| s.query.as_deref()
+                == Some(format!("ns={}", registry.replace(':', "%3A")).as_str())),
+        "{asked:?}"
+    );
+
+    let (_conf, crio) = registries_conf(&format!(
+        "[[registry]]\nlocation = \"{registry}\"\n\n[[registry.mirror]]\nlocation = \"{}\"\n",
+        policy.host()
+    ));
+    let r = probe_through(&client, &reference, crio, &[]).await;
+    assert_eq!(r.verdict, Verdict::Blocked, "CRI-O: {r:#?}");
+    assert!(r.reason.contains("vulnerability policy"), "{}", r.reason);
+
+    // A mirror that refuses the manifest itself sends both runtimes to the registry.
+    policy.clear_rules();
+    policy.rule(Rule::new(
+        None,
+        "/manifests/",
+        Action::json(
+            403,
+            r#"{"errors":[{"code":"DENIED","message":"not cached here"}]}"#,
+        ),
+    ));
+    let (_conf, crio) = registries_conf(&format!(
+        "[[registry]]\nlocation = \"{registry}\"\n\n[[registry.mirror]]\nlocation = \"{}\"\n",
+        policy.host()
+    ));
+    let r = probe_through(&client, &reference, crio, &[]).await;
+    assert_eq!(
+        r.verdict,
+        Verdict::Pullable,
+        "CRI-O after a refused manifest: {r:#?}"
+    );
+    assert_eq!(
+        r.host.as_deref(),
+        Some(format!("https://{registry}/v2").as_str())
+    );
+    let r = probe_through(
+        &client,
+        &reference,
+        NodeHosts::load_hosts_dir(dir.path()).unwrap(),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        r.verdict,
+        Verdict::Pullable,
+        "containerd after a refused manifest: {r:#?}"
+    );
+}
+
+/// containerd resolves a tag only on hosts with `resolve`; a mirror with `pull` alone serves
+/// digest references.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_without_resolve_serves_digests_but_not_tags() {
+    let w = World::new();
+    let img = w
+        .push("team/app", "v1", ImageSpec::new().with_layers(&[100]))
+        .await;
+    let cache = tempfile::tempdir().unwrap();
+    let mirror = Registry::start_mirror_of(&w.pki, cache.path(), &w.seed.base()).unwrap();
+    let upstream = dead_host();
+    let dir = hosts_dir(&[(
+        upstream.as_str(),
+        format!(
+            "server = \"https://{upstream}\"\n\n[host.\"https://{}\"]\n  capabilities = [\"pull\"]\n",
+            mirror.host()
+        ),
+    )]);
+    let client = w.client();
+    let by_tag = probe_through(
+        &client,
+        &format!("{upstream}/team/app:v1"),
+        NodeHosts::load_hosts_dir(dir.path()).unwrap(),
+        &[],
+    )
+    .await;
+    assert_eq!(by_tag.verdict, Verdict::Unavailable, "{by_tag:#?}");
+    assert!(
+        answers(&by_tag, &mirror.host()).is_empty(),
+        "{:?}",
+        by_tag.hosts
+    );
+
+    let by_digest = probe_through(
+        &client,
+        &format!("{upstream}/team/app@{}", img.manifest_digest),
+        NodeHosts::load_hosts_dir(dir.path()).unwrap(),
+        &[],
+    )
+    .await;
+    assert_eq!(by_digest.verdict, Verdict::Pullable, "{by_digest:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_http_registry_is_named_as_such_and_probed_where_the_nodes_declare_it() {
+    let w = World::new();
+    let storage = tempfile::tempdir().unwrap();
+    let plain = Registry::start_plain_http(storage.path()).unwrap();
+    push_image(
+        &plain.base(),
+        &w.push,
+        "team/app",
+        Some("1.0"),
+        &ImageSpec::new().with_layers(&[100]),
+    )
+    .await
+    .unwrap();
+    let host = plain.host();
+    let reference = format!("{host}/team/app:1.0");
+    let client = w.client();
+
+    let r = probe_through(&client, &reference, NodeHosts::default(), &[]).await;
+    assert_eq!(r.verdict, Verdict::Unavailable, "{r:#?}");
+    assert!(r.reason.contains("plain HTTP"), "{}", r.reason);
+    assert!(
+        r.reason.contains(&format!("server = \"http://{host}\"")),
+        "{}",
+        r.reason
+    );
+    assert!(r.reason.contains("insecure = true"), "{}", r.reason);
+    assert!(!r.reason.contains("InvalidContentType"), "{}", r.reason);
+
+    let dir = hosts_dir(&[(host.as_str(), format!("server = \"http://{host}\"\n"))]);
+    let r = probe_through(
+        &client,
+        &reference,
+        NodeHosts::load_hosts_dir(dir.path()).unwrap(),
+        &[],
+    )
+    .await;
+    assert_eq!(r.verdict, Verdict::Pullable, "hosts.toml: {r:#?}");
+    assert_eq!(
+        r.host.as_deref(),
+        Some(format!("http://{host}/v2").as_str())
+    );
+
+    let (_conf, crio) = registries_conf(&format!(
+        "[[registry]]\nlocation = \"{host}\"\ninsecure = true\n"
+    ));
+    let r = probe_through(&client, &reference, crio, &[]).await;
+    assert_eq!(
+        r.verdict,
+        Verdict::Pullable,
+        "registries.conf insecure: {r:#?}"
+    );
+    assert_eq!(
+        r.host.as_deref(),
+        Some(format!("http://{host}/v2").as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registries_conf_blocked_refuses_without_a_request() {
+    let w = World::new();
+    let registry = w.seed.host();
+    let (_conf, crio) = registries_conf(&format!(
+        "[[registry]]\nlocation = \"{registry}\"\nblocked = true\n"
+    ));
+    let r = probe_through(&w.client(), &format!("{registry}/team/app:v1"), crio, &[]).await;
+    assert_eq!(r.verdict, Verdict::Blocked, "{r:#?}");
+    assert!(r.reason.contains("registries.conf"), "{}", r.reason);
+    assert_eq!(r.requests, 0);
+}
+
+/// The kubelet picks the credential by the image's own registry and the runtime sends it to
+/// every host it asks, the mirror too; a credential filed under the mirror's name is not the
+/// image's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_images_credential_goes_to_its_mirror() {
+    let w = World::new();
+    w.push("team/app", "v1", ImageSpec::new().with_layers(&[100]))
+        .await;
+    let guarded = Registry::start(
+        &w.pki,
+        w.storage.path(),
+        RegistryAuth::htpasswd(&[("alice", "s3cret")]),
+    )
+    .unwrap();
+    let front = PolicyProxy::start(&w.pki, &guarded).await;
+    let upstream = dead_host();
+    let dir = hosts_dir(&[(
+        upstream.as_str(),
+        format!(
+            "server = \"https://{upstream}\"\n\n[host.\"https://{}\"]\n",
+            front.host()
+        ),
+    )]);
+    let reference = format!("{upstream}/team/app:v1");
+    let client = w.client();
+    let alice = Credential::new("alice", "s3cret", "pull secret for the image's registry");
+    let r = probe_through(
+        &client,
+        &reference,
+        NodeHosts::load_hosts_dir(dir.path()).unwrap(),
+        &[alice],
+    )
+    .await;
+    assert_eq!(r.verdict, Verdict::Pullable, "{r:#?}");
+    assert!(front.requests().iter().any(|s| s.authorization.is_some()));
+
+    // Without the image's credential the mirror's 401 speaks (it got further than the
+    // registry that is down).
+    let r = probe_through(
+        &client,
+        &reference,
+        NodeHosts::load_hosts_dir(dir.path()).unwrap(),
+        &[],
+    )
+    .await;
+    assert_eq!(r.verdict, Verdict::Unauthorized, "{r:#?}");
 }

@@ -54,8 +54,11 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode, CliError> {
         .creds
         .as_ref()
         .map(|c| Credential::new(c.username(), c.password(), "--creds"));
+    let hosts = args.registry.node_hosts()?;
     let options = ProbeOptions {
         platforms: args.platforms.clone(),
+        rules: hosts.platform_rules(),
+        hosts: std::sync::Arc::new(hosts),
         timeout: args.timeout,
         ..ProbeOptions::default()
     };

@@ -1,5 +1,6 @@
 //! How the commands reach registries, shared by `check`, `serve` and `review`: CA files, TLS
-//! verification, node-level docker configs, and the errors of setting that up.
+//! verification, node-level docker configs, the nodes' registry hosts (mirrors), and the
+//! errors of setting that up.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use clap::Args;
 
 use crate::credentials::{Keyring, KeyringError, docker_config};
 use crate::io::{ReadError, read_file};
-use crate::registry::{ClientError, ClientOptions};
+use crate::registry::{ClientError, ClientOptions, HostsError, NodeHosts};
 
 /// Why the registry side of a command could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +20,8 @@ pub enum SetupError {
     DockerConfig(#[from] KeyringError),
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error("the nodes' registry hosts: {0}")]
+    Hosts(#[from] HostsError),
 }
 
 /// Docker config files are small; a larger file is a mistake, not a config.
@@ -42,6 +45,25 @@ pub struct RegistryArgs {
     /// Do not verify registry certificates.
     #[arg(long, env = "PULLGATE_INSECURE_SKIP_TLS_VERIFY")]
     pub insecure_skip_tls_verify: bool,
+    /// The nodes' containerd registry hosts directory (`config_path`, e.g.
+    /// /etc/containerd/certs.d): images are probed through the mirrors and with the settings
+    /// its `hosts.toml` files give, in containerd's order and with its fallback.
+    #[arg(
+        long = "hosts-dir",
+        value_name = "DIR",
+        env = "PULLGATE_HOSTS_DIR",
+        conflicts_with = "registries_conf"
+    )]
+    pub hosts_dir: Option<PathBuf>,
+    /// The nodes' containers-registries.conf (CRI-O, e.g. /etc/containers/registries.conf):
+    /// mirrors, prefix rewrites, `blocked` and `insecure` as CRI-O applies them, and
+    /// containers/image's platform rules.
+    #[arg(
+        long = "registries-conf",
+        value_name = "FILE",
+        env = "PULLGATE_REGISTRIES_CONF"
+    )]
+    pub registries_conf: Option<PathBuf>,
 }
 
 impl RegistryArgs {
@@ -56,6 +78,18 @@ impl RegistryArgs {
             insecure_skip_tls_verify: self.insecure_skip_tls_verify,
             ..ClientOptions::default()
         })
+    }
+}
+
+impl RegistryArgs {
+    /// The nodes' host configuration, read once; nothing when neither flag is given.
+    pub fn node_hosts(&self) -> Result<NodeHosts, SetupError> {
+        let hosts = match (&self.hosts_dir, &self.registries_conf) {
+            (Some(dir), _) => NodeHosts::load_hosts_dir(dir)?,
+            (None, Some(file)) => NodeHosts::load_registries_conf(file)?,
+            (None, None) => NodeHosts::default(),
+        };
+        Ok(hosts)
     }
 }
 

@@ -421,7 +421,7 @@ fn a_pullable_image_built_for_another_architecture_is_admitted_with_a_warning() 
         caution: true,
         ..finding("r.example/app:1", Verdict::Pullable)
     };
-    let d = Policy::default().decide("default", &[foreign.clone()]);
+    let d = Policy::default().decide("default", std::slice::from_ref(&foreign));
     assert!(d.allowed());
     assert_eq!(d.kind, DecisionKind::Warn);
     assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);

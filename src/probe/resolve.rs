@@ -11,7 +11,7 @@ use futures_util::future::join_all;
 use super::blobs::{BlobMemory, probe_all};
 use super::fetch::{Confirmed, Fetched, confirm, fetch_manifest, from_store};
 use super::ledger::Fetch;
-use super::route::{Host, Hosts, Pick};
+use super::route::{Host, Hosts, MANIFEST, Pick};
 use super::verdict::{Failure, Verdict};
 use super::{BlobKind, BlobReport, MAX_PLATFORMS_NAMED, PlatformReport, Report};
 use crate::oci::digest::Digest;
@@ -39,13 +39,12 @@ impl Wanted {
     }
 }
 
+/// An index entry's digest, and its platform when a node takes it for another one.
+type Choice = (Digest, Option<Platform>);
+
 /// The entry of `index` a node of `platform` takes under `rules`, and its platform when it
 /// is not `platform` itself.
-fn choose(
-    index: &Index,
-    platform: &Platform,
-    rules: PlatformRules,
-) -> Option<(Digest, Option<Platform>)> {
+fn choose(index: &Index, platform: &Platform, rules: PlatformRules) -> Option<Choice> {
     let entry = index.select(platform, rules)?;
     let named = entry
         .platform
@@ -107,22 +106,17 @@ pub(super) async fn run(course: &Course<'_>, report: &mut Report) -> Result<(), 
     // "manifest", not "manifest <tag>": every message already names the image, and one
     // text for all of a registry's missing tags is one copy in the verdict cache.
     let (top, served_by) = hosts
-        .first_served(
-            &hosts.for_manifest(course.image),
-            "manifest",
-            pick,
-            |host| {
-                fetch_manifest(
-                    &host.session,
-                    &host.ledger,
-                    course.image,
-                    Fetch::Top,
-                    &reference,
-                    course.image.digest(),
-                    "manifest",
-                )
-            },
-        )
+        .first_served(&hosts.for_manifest(course.image), MANIFEST, pick, |host| {
+            fetch_manifest(
+                &host.session,
+                &host.ledger,
+                course.image,
+                Fetch::Top,
+                &reference,
+                course.image.digest(),
+                MANIFEST,
+            )
+        })
         .await?;
     if hosts.configured {
         report.host = Some(served_by.name.clone());
@@ -213,7 +207,7 @@ async fn resolve(
     };
     // What each platform selects, copied out so the index (up to a thousand entries) is let
     // go before the children are fetched.
-    let wanted: Vec<(&Platform, Option<(Digest, Option<Platform>)>)> = course
+    let wanted: Vec<(&Platform, Option<Choice>)> = course
         .platforms
         .iter()
         .map(|p| (p, choose(&index, p, course.rules)))

@@ -19,6 +19,9 @@ use crate::registry::{Credential, CredentialId, HostTls, RegistryClient, Session
 
 use super::ProbeOptions;
 
+/// What the image's own manifest is called in answers (and in every message about it).
+pub(super) const MANIFEST: &str = "manifest";
+
 /// Answers noted per host at most: a host that refuses every layer of a 100-layer image
 /// must not make the report grow with them.
 const MAX_ANSWERS_PER_HOST: usize = 8;
@@ -52,7 +55,15 @@ pub(super) struct Hosts<'a> {
     pub(super) fallback: Fallback,
     /// Whether the route came from the nodes' configuration (reports then name the hosts).
     pub(super) configured: bool,
-    answers: Mutex<Vec<Vec<String>>>,
+    answers: Mutex<Vec<Answers>>,
+}
+
+/// What one host answered: its refusals and the manifest, word for word; what else it
+/// served, counted.
+#[derive(Clone, Default)]
+struct Answers {
+    noted: Vec<String>,
+    served: usize,
 }
 
 /// Which failure speaks for a request that every host refused.
@@ -118,7 +129,7 @@ pub(super) fn hosts<'a>(
             });
         }
     }
-    let answers = Mutex::new(vec![Vec::new(); list.len()]);
+    let answers = Mutex::new(vec![Answers::default(); list.len()]);
     Ok(Hosts {
         list,
         fallback: route.fallback,
@@ -187,7 +198,7 @@ impl<'a> Hosts<'a> {
         Fut: Future<Output = Result<T, Failure>>,
     {
         let mut failures: Vec<Failure> = Vec::new();
-        let mut previous_answered = true;
+        let mut previous_answered = false;
         for &host in hosts {
             // The plain-HTTP twin is only for a host that gave no HTTP answer over TLS.
             if host.http_twin && previous_answered {
@@ -195,11 +206,11 @@ impl<'a> Hosts<'a> {
             }
             match ask(host).await {
                 Ok(value) => {
-                    self.note(host, format!("{what}: served"));
+                    self.note(host, what, None);
                     return Ok((value, host));
                 }
                 Err(failure) => {
-                    self.note(host, failure.reason.clone());
+                    self.note(host, what, Some(&failure));
                     previous_answered = failure.answered;
                     failures.push(failure);
                 }
@@ -232,14 +243,23 @@ impl<'a> Hosts<'a> {
         })
     }
 
-    fn note(&self, host: &Host<'_>, answer: String) {
+    /// Notes `host`'s answer to the ask for `what`: a failure, or that it served it.
+    fn note(&self, host: &Host<'_>, what: &str, failure: Option<&Failure>) {
         let Some(i) = self.list.iter().position(|h| std::ptr::eq(h, host)) else {
             return;
         };
         let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
-        let noted = &mut answers[i];
-        if noted.len() < MAX_ANSWERS_PER_HOST && !noted.contains(&answer) {
-            noted.push(answer);
+        let answers = &mut answers[i];
+        let answer = match failure {
+            Some(f) => f.reason.clone(),
+            None if what == MANIFEST => format!("{what}: served"),
+            None => {
+                answers.served += 1;
+                return;
+            }
+        };
+        if answers.noted.len() < MAX_ANSWERS_PER_HOST && !answers.noted.contains(&answer) {
+            answers.noted.push(answer);
         }
     }
 
@@ -249,11 +269,17 @@ impl<'a> Hosts<'a> {
         self.list
             .iter()
             .zip(answers.iter())
-            .filter(|(_, a)| !a.is_empty())
-            .map(|(h, a)| HostReport {
-                host: h.name.clone(),
-                mirror: h.mirror,
-                answers: a.clone(),
+            .filter(|(_, a)| !a.noted.is_empty() || a.served > 0)
+            .map(|(h, a)| {
+                let mut answers = a.noted.clone();
+                if a.served > 0 {
+                    answers.push(format!("{} more object(s) served", a.served));
+                }
+                HostReport {
+                    host: h.name.clone(),
+                    mirror: h.mirror,
+                    answers,
+                }
             })
             .collect()
     }

@@ -102,17 +102,14 @@ pub(super) fn describe(e: &reqwest::Error) -> String {
 /// HTTP (its answer starts "HTTP/1.1 400"). An `io::Error` hides what it wraps from
 /// `source()`, so it is looked into.
 fn is_plain_http(err: &(dyn std::error::Error + 'static)) -> bool {
+    let plain = rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType);
     let rustls_error = err.downcast_ref::<rustls::Error>().or_else(|| {
         err.downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
     });
-    matches!(
-        rustls_error,
-        Some(rustls::Error::InvalidMessage(
-            rustls::InvalidMessage::InvalidContentType
-        ))
-    )
+    // The connector layers box what they pass on; rustls' own words identify it then.
+    rustls_error == Some(&plain) || err.to_string() == plain.to_string()
 }
 
 pub(super) fn classify_reqwest(url: &Url, e: &reqwest::Error) -> FetchError {

@@ -27,7 +27,7 @@ use crate::credentials::{Keyring, SecretOptions, SecretStore};
 use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyError};
 use crate::probe::{CacheOptions, ManifestStore, PullBudgets, PullOptions};
-use crate::registry::{ClientError, ClientOptions, RegistryClient};
+use crate::registry::{ClientError, ClientOptions, NodeHosts, RegistryClient};
 use crate::reload::{ReloadError, Reloading};
 use intake::Intake;
 use routes::{App, admin_router, webhook_router};
@@ -69,6 +69,8 @@ pub struct Config {
     pub kube: Option<kube::Client>,
     /// Node-level credentials (mounted docker configs).
     pub node_keyring: Keyring,
+    /// The hosts the nodes pull from (mirrors), as their runtime's configuration says.
+    pub node_hosts: NodeHosts,
     /// How often the policy and certificate files are checked for changes.
     pub reload_interval: Duration,
     /// Largest AdmissionReview body accepted.
@@ -110,6 +112,7 @@ impl Default for Config {
             secrets: SecretOptions::default(),
             kube: None,
             node_keyring: Keyring::default(),
+            node_hosts: NodeHosts::default(),
             reload_interval: Duration::from_secs(10),
             max_body_bytes: 8 * 1024 * 1024,
             shutdown_delay: Duration::from_secs(5),
@@ -172,6 +175,9 @@ pub async fn run(
             )?
         }
     });
+    if config.node_hosts.is_configured() {
+        tracing::info!(hosts = %config.node_hosts.describe(), "probing through the nodes' registry hosts");
+    }
     let metrics = Arc::new(Metrics::new());
     let registry = RegistryClient::with_observer(config.registry, metrics.request_observer())?;
     let app = Arc::new(App {
@@ -187,8 +193,8 @@ pub async fn run(
             probe_timeout: config.probe_timeout,
             store: ManifestStore::new(config.pulls.store_bytes),
             budgets: PullBudgets::new(config.pulls.reserve_percent),
-            rules: crate::oci::platform::PlatformRules::default(),
-            hosts: Default::default(),
+            rules: config.node_hosts.platform_rules(),
+            hosts: Arc::new(config.node_hosts),
         }),
         metrics: metrics.clone(),
         budget: config.review_budget,

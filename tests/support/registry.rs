@@ -47,11 +47,51 @@ impl RegistryAuth {
     }
 }
 
+/// How a registry is started; [`Registry::start`] is the default.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub auth: RegistryAuth,
+    pub protocols: Protocols,
+    /// No TLS at all.
+    pub plain_http: bool,
+    /// A pull-through cache of this upstream base URL.
+    pub mirror_of: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            auth: RegistryAuth::Anonymous,
+            protocols: Protocols::default(),
+            plain_http: false,
+            mirror_of: None,
+        }
+    }
+}
+
+/// Whether a plain-HTTP registry on `addr` answers `GET /v2/`.
+fn plain_ping(addr: SocketAddr) -> bool {
+    use std::io::Write as _;
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream
+        .write_all(b"GET /v2/ HTTP/1.0\r\nHost: registry\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.")
+}
+
 pub struct Registry {
     pub addr: SocketAddr,
     pub storage: PathBuf,
     pub log_path: PathBuf,
     child: Child,
+    plain_http: bool,
     // Holds config.yml, the TLS key pair, htpasswd/bundle files and the log.
     _dir: TempDir,
 }
@@ -82,11 +122,50 @@ impl Registry {
         auth: RegistryAuth,
         protocols: Protocols,
     ) -> anyhow::Result<Registry> {
+        Self::start_with(
+            pki,
+            storage,
+            Options {
+                auth,
+                protocols,
+                ..Options::default()
+            },
+        )
+    }
+
+    /// A registry that speaks plain HTTP (no TLS at all), as in-cluster and lab registries do.
+    pub fn start_plain_http(storage: &Path) -> anyhow::Result<Registry> {
+        let unused = Pki::new();
+        Self::start_with(
+            &unused,
+            storage,
+            Options {
+                plain_http: true,
+                ..Options::default()
+            },
+        )
+    }
+
+    /// A pull-through cache of `upstream` (distribution's `proxy: remoteurl`): a real mirror,
+    /// as a Harbor proxy-cache project or a `registry:2` mirror is. It fetches from the
+    /// upstream on a miss, trusting `pki`'s CA.
+    pub fn start_mirror_of(pki: &Pki, storage: &Path, upstream: &str) -> anyhow::Result<Registry> {
+        Self::start_with(
+            pki,
+            storage,
+            Options {
+                mirror_of: Some(upstream.to_owned()),
+                ..Options::default()
+            },
+        )
+    }
+
+    pub fn start_with(pki: &Pki, storage: &Path, options: Options) -> anyhow::Result<Registry> {
         let mut last_error = None;
         // The free port is found by binding and releasing it, so another process can grab
         // it in between; a fresh port on retry makes that race harmless.
         for _ in 0..3 {
-            match Self::try_start(pki, storage, &auth, protocols) {
+            match Self::try_start(pki, storage, &options) {
                 Ok(registry) => return Ok(registry),
                 Err(StartError::PortTaken(e)) => last_error = Some(e),
                 Err(StartError::Other(e)) => return Err(e),
@@ -97,12 +176,8 @@ impl Registry {
             .context("registry could not bind a port"))
     }
 
-    fn try_start(
-        pki: &Pki,
-        storage: &Path,
-        auth: &RegistryAuth,
-        protocols: Protocols,
-    ) -> Result<Registry, StartError> {
+    fn try_start(pki: &Pki, storage: &Path, options: &Options) -> Result<Registry, StartError> {
+        let (auth, protocols) = (&options.auth, options.protocols);
         let dir = tempfile::tempdir().context("registry tempdir")?;
         let (cert_pem, key_pem) = pki.issue(&["127.0.0.1", "localhost"]);
         let cert_path = dir.path().join("cert.pem");
@@ -122,6 +197,19 @@ impl Registry {
             Protocols::Http2AndHttp1 => "false",
             Protocols::Http1Only => "true",
         };
+        let tls = if options.plain_http {
+            String::new()
+        } else {
+            format!(
+                "  tls:\n    certificate: {}\n    key: {}\n  http2:\n    disabled: {http2}\n",
+                yaml_str(&cert_path),
+                yaml_str(&key_path)
+            )
+        };
+        let proxy = match &options.mirror_of {
+            Some(upstream) => format!("proxy:\n  remoteurl: {upstream}\n"),
+            None => String::new(),
+        };
         let config = format!(
             r#"version: 0.1
 log:
@@ -140,25 +228,21 @@ storage:
 http:
   addr: {addr}
   secret: pullgate-test-secret
-  tls:
-    certificate: {cert}
-    key: {key}
-  http2:
-    disabled: {http2}
-validation:
+{tls}{proxy}validation:
   manifests:
     urls:
       allow:
         - '^https?://'
 {auth_yaml}"#,
             storage = yaml_str(storage),
-            cert = yaml_str(&cert_path),
-            key = yaml_str(&key_path),
         );
         std::fs::write(&config_path, config).context("write config.yml")?;
 
         let log = File::create(&log_path).context("create registry log")?;
         let mut command = Command::new(REGISTRY_BINARY);
+        // A mirror reaches its upstream over TLS signed by the test CA; Go reads extra roots
+        // from SSL_CERT_FILE.
+        command.env("SSL_CERT_FILE", pki.ca_path());
         command
             .arg("serve")
             .arg(&config_path)
@@ -180,6 +264,7 @@ validation:
             storage: storage.to_path_buf(),
             log_path,
             child,
+            plain_http: options.plain_http,
             _dir: dir,
         };
         registry.wait_ready(pki)?;
@@ -200,8 +285,13 @@ validation:
                 });
             }
             // A completed TLS handshake, not just an accepted TCP connection, proves the
-            // registry loaded its certificate and is serving.
-            if tls_handshake(self.addr, tls.clone()).is_ok() {
+            // registry loaded its certificate and is serving (plain HTTP: an answer to /v2/).
+            let ready = if self.plain_http {
+                plain_ping(self.addr)
+            } else {
+                tls_handshake(self.addr, tls.clone()).is_ok()
+            };
+            if ready {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -219,9 +309,16 @@ validation:
         format!("127.0.0.1:{}", self.addr.port())
     }
 
-    /// `https://127.0.0.1:PORT`, without a trailing slash.
+    /// `https://127.0.0.1:PORT` (`http://` for a plain-HTTP one), without a trailing slash.
     pub fn base(&self) -> String {
-        format!("https://{}", self.host())
+        let scheme = if self.plain_http { "http" } else { "https" };
+        format!("{scheme}://{}", self.host())
+    }
+
+    /// Stops the registry (a mirror that is down); its port then refuses connections.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -125,6 +125,7 @@ pub async fn run(args: ReviewArgs) -> Result<ExitCode, ReviewError> {
     };
     let input = read_files(&args.files, &args.namespace)?;
     let policy = Arc::new(Reloading::fixed("policy", policy));
+    let hosts = args.registry.node_hosts()?;
     let reviewer = Reviewer::new(ReviewerConfig {
         registry: RegistryClient::new(args.registry.client_options()?).map_err(SetupError::from)?,
         secrets: None,
@@ -135,8 +136,8 @@ pub async fn run(args: ReviewArgs) -> Result<ExitCode, ReviewError> {
         probe_timeout: args.timeout,
         store: ManifestStore::default(),
         budgets: PullBudgets::default(),
-        rules: crate::oci::platform::PlatformRules::default(),
-        hosts: Default::default(),
+        rules: hosts.platform_rules(),
+        hosts: Arc::new(hosts),
     });
     let policy = policy.current();
 

@@ -253,7 +253,13 @@ fn a_directory_without_hosts_toml_uses_its_certificate_files() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("certsonly.example");
     std::fs::create_dir(&dir).unwrap();
-    for file in ["ca.crt", "client.cert", "client.key", "other.cert", "notes.txt"] {
+    for file in [
+        "ca.crt",
+        "client.cert",
+        "client.key",
+        "other.cert",
+        "notes.txt",
+    ] {
         std::fs::write(dir.join(file), "placeholder, not PEM").unwrap();
     }
     let nodes = NodeHosts::load_hosts_dir(root.path()).unwrap();
