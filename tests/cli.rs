@@ -164,3 +164,87 @@ fn configuration_errors_exit_2() {
     let run = pullgate(&["check"]);
     assert_eq!(run.code, 2);
 }
+
+/// `--hosts-dir` as a user gives it: the nodes' containerd certs.d, with a plain-HTTP
+/// registry declared and a mirror that is down in front of it. The JSON names the host that
+/// answered and what each host said; a broken hosts.toml is a configuration error (exit 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_probes_through_the_nodes_hosts_dir() {
+    let storage = TempDir::new().unwrap();
+    let plain = Registry::start_plain_http(storage.path()).unwrap();
+    push_image(
+        &plain.base(),
+        &test_client(&Pki::new()),
+        "team/app",
+        Some("1.0"),
+        &ImageSpec::new().with_layers(&[10]),
+    )
+    .await
+    .unwrap();
+    let host = plain.host();
+    let reference = format!("{host}/team/app:1.0");
+
+    let run = pullgate(&["check", "--json", &reference]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let reports: Value = serde_json::from_str(&run.stdout).unwrap();
+    let reason = reports[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("plain HTTP") && reason.contains("--hosts-dir"),
+        "{reason}"
+    );
+
+    let down = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let certs_d = TempDir::new().unwrap();
+    std::fs::create_dir(certs_d.path().join(&host)).unwrap();
+    std::fs::write(
+        certs_d.path().join(&host).join("hosts.toml"),
+        format!("server = \"http://{host}\"\n\n[host.\"http://{down}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
+    )
+    .unwrap();
+    let dir = certs_d.path().to_str().unwrap();
+    let run = pullgate(&["check", "--json", "--hosts-dir", dir, &reference]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let reports: Value = serde_json::from_str(&run.stdout).unwrap();
+    let r = &reports[0];
+    assert_eq!(r["verdict"], "pullable");
+    assert_eq!(r["host"], format!("http://{host}/v2"));
+    assert_eq!(r["hosts"][0]["host"], format!("http://{down}/v2"));
+    assert_eq!(r["hosts"][0]["mirror"], true);
+    assert!(
+        r["hosts"][0]["answers"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("manifest: cannot reach"),
+        "{r}"
+    );
+    assert_eq!(r["hosts"][1]["answers"][0], "manifest: served");
+
+    // The same through the environment, as in a Deployment.
+    let out = Command::new(env!("CARGO_BIN_EXE_pullgate"))
+        .args(["check", &reference])
+        .env("PULLGATE_HOSTS_DIR", dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    std::fs::write(
+        certs_d.path().join(&host).join("hosts.toml"),
+        "server = [not toml\n",
+    )
+    .unwrap();
+    let run = pullgate(&["check", "--hosts-dir", dir, &reference]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("hosts.toml"), "{}", run.stderr);
+    let run = pullgate(&[
+        "check",
+        "--hosts-dir",
+        dir,
+        "--registries-conf",
+        dir,
+        &reference,
+    ]);
+    assert_eq!(run.code, 2, "the two are exclusive: {}", run.stderr);
+}

@@ -226,6 +226,7 @@ pub(super) fn finding(use_: &ImageUse, checked: &Checked) -> Finding {
         failed_blob: answer.failed_blob().and_then(|d| Digest::parse(d).ok()),
         registry_message: answer.registry_message().map(str::to_owned),
         caution: answer.is_caution() && !checked.exempt,
+        host: answer.host().map(str::to_owned),
     }
 }
 

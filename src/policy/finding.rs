@@ -67,4 +67,8 @@ pub struct Finding {
     /// single-platform image for another architecture). Admitted with a warning.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub caution: bool,
+    /// The host of the nodes' configuration that served the manifest (a mirror), when it
+    /// lists hosts for the image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }

@@ -118,6 +118,9 @@ struct AuditImage {
     container: String,
     verdict: Verdict,
     action: Action,
+    /// The host of the nodes' configuration that answered (a mirror).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<String>,
 }
 
 pub(super) fn audit(kind: DecisionKind, judged: &[(&Finding, Action)]) -> BTreeMap<String, String> {
@@ -133,6 +136,7 @@ pub(super) fn audit(kind: DecisionKind, judged: &[(&Finding, Action)]) -> BTreeM
             container: shorten(f.container.clone(), MAX_AUDIT_CHARS),
             verdict: f.verdict,
             action: *action,
+            host: f.host.as_ref().map(|h| shorten(h.clone(), MAX_AUDIT_CHARS)),
         })
         .collect();
     // Serialising strings and unit enums cannot fail; an empty annotation would be harmless.

@@ -26,6 +26,7 @@ fn finding(image: &str, verdict: Verdict) -> Finding {
         failed_blob: None,
         registry_message: None,
         caution: false,
+        host: None,
     }
 }
 

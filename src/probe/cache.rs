@@ -125,6 +125,9 @@ pub(crate) struct Answer {
     verdict: Verdict,
     /// Pullable, and the reason is a caution (see `Report::caution`).
     caution: bool,
+    /// Where the host that answered starts in `text` (it runs to the end); at the end when
+    /// there is none.
+    host_from: u16,
 }
 
 /// Longest reason, failed blob or registry message kept. A reason quotes at most a registry
@@ -165,7 +168,24 @@ impl Answer {
             registry: registry.map_or((1, 0), |(from, to)| (offset(from), offset(to))),
             verdict,
             caution: false,
+            host_from: offset(text.len()),
             text: (!text.is_empty()).then(|| text.into()),
+        }
+    }
+
+    /// The same answer, naming the host of the nodes' configuration that served the
+    /// manifest (a mirror).
+    fn with_host(self, host: Option<&str>) -> Self {
+        let Some(host) = host.map(bounded).filter(|h| !h.is_empty()) else {
+            return self;
+        };
+        let mut text = self.text().to_owned();
+        let from = text.len();
+        text.push_str(host);
+        Answer {
+            host_from: u16::try_from(from).expect("answer text is bounded"),
+            text: Some(text.into()),
+            ..self
         }
     }
 
@@ -177,7 +197,8 @@ impl Answer {
             return Answer {
                 caution: true,
                 ..Answer::new(Verdict::Pullable, caution, None, None)
-            };
+            }
+            .with_host(report.host.as_deref());
         }
         let blob = report.failed_blob.as_ref().map(ToString::to_string);
         let registry = report.registry.as_ref().map(ToString::to_string);
@@ -187,6 +208,13 @@ impl Answer {
             blob.as_deref(),
             registry.as_deref(),
         )
+        .with_host(report.host.as_deref())
+    }
+
+    /// The host of the nodes' configuration that served the manifest, when it named hosts.
+    pub(crate) fn host(&self) -> Option<&str> {
+        let host = &self.text()[usize::from(self.host_from).min(self.text_len())..];
+        (!host.is_empty()).then_some(host)
     }
 
     /// Pullable, but the node would trip over it after the pull: the reason says how.
@@ -766,6 +794,17 @@ mod tests {
         cautioned.caution = Some("built for linux/amd64 only".into());
         let c = Answer::of(&cautioned);
         assert!(c.is_caution());
+        assert_eq!(c.host(), None);
+        cautioned.host = Some("https://mirror.example/v2".into());
+        let c = Answer::of(&cautioned);
+        assert_eq!(c.host(), Some("https://mirror.example/v2"));
+        assert_eq!(c.reason(), "built for linux/amd64 only");
+        let mut refused = r.clone();
+        refused.host = Some("https://mirror.example/v2".into());
+        let a = Answer::of(&refused);
+        assert_eq!(a.host(), Some("https://mirror.example/v2"));
+        assert_eq!(a.registry_message(), Some("PROJECTPOLICYVIOLATION: 3 CVEs"));
+        assert_eq!(a.reason(), r.reason);
         assert_eq!(
             (c.verdict(), c.reason()),
             (Verdict::Pullable, "built for linux/amd64 only")
