@@ -914,6 +914,68 @@ fn the_node_credentials_example_mounts_a_docker_config_where_pullgate_reads_it()
     );
 }
 
+/// The node-hosts example: every hosts.toml under its certs.d/ is in the ConfigMap and mounted
+/// at the path it has on the nodes, where `PULLGATE_HOSTS_DIR` points, and the directory loads
+/// as pullgate reads it.
+#[test]
+fn the_node_hosts_example_mounts_every_hosts_toml_where_the_nodes_have_it() {
+    let dir = root().join("deploy/examples/node-hosts");
+    let k = &yaml_docs("deploy/examples/node-hosts/kustomization.yaml")[0];
+    let ops: Vec<Value> =
+        serde_saphyr::from_str(k["patches"][0]["patch"].as_str().unwrap()).unwrap();
+    let value = |suffix: &str| -> &Value {
+        &ops.iter()
+            .find(|op| op["path"].as_str().unwrap().ends_with(suffix))
+            .unwrap()["value"]
+    };
+    let env = value("/env/-");
+    assert_eq!(env["name"], "PULLGATE_HOSTS_DIR");
+    let args = serve_args(&[
+        "pullgate",
+        "serve",
+        "--hosts-dir",
+        env["value"].as_str().unwrap(),
+    ]);
+    let mount = value("/volumeMounts/-");
+    assert_eq!(
+        Path::new(mount["mountPath"].as_str().unwrap()),
+        args.registry.hosts_dir.as_deref().unwrap()
+    );
+    let volume = value("/volumes/-");
+    assert_eq!(volume["name"], mount["name"]);
+    let generator = &k["configMapGenerator"][0];
+    assert_eq!(volume["configMap"]["name"], generator["name"]);
+    // key=file in the generator; key -> path in the volume: the file lands at its path.
+    let files: BTreeMap<&str, &str> = str_list(&generator["files"])
+        .into_iter()
+        .map(|f| f.split_once('=').unwrap())
+        .collect();
+    let mounted = tempfile::tempdir().unwrap();
+    let mut on_disk = BTreeSet::new();
+    for item in volume["configMap"]["items"].as_array().unwrap() {
+        let key = item["key"].as_str().unwrap();
+        let path = item["path"].as_str().unwrap();
+        let source = files[key];
+        assert_eq!(
+            source,
+            format!("certs.d/{path}"),
+            "{key} lands where the nodes have it"
+        );
+        on_disk.insert(source.to_owned());
+        let target = mounted.path().join(path);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(dir.join(source), target).unwrap();
+    }
+    let mut listed = BTreeSet::new();
+    for host in std::fs::read_dir(dir.join("certs.d")).unwrap() {
+        let host = host.unwrap().file_name().into_string().unwrap();
+        listed.insert(format!("certs.d/{host}/hosts.toml"));
+    }
+    assert_eq!(on_disk, listed, "every hosts.toml of certs.d/ is mounted");
+    let loaded = pullgate::registry::NodeHosts::load_hosts_dir(mounted.path()).unwrap();
+    assert!(loaded.describe().contains("containerd hosts directory"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // certs/make-certs.sh
 
