@@ -656,3 +656,74 @@ async fn the_images_credential_goes_to_its_mirror() {
     .await;
     assert_eq!(r.verdict, Verdict::Unauthorized, "{r:#?}");
 }
+
+/// A host's own `ca` is trusted for that host only (pullgate's client is not given the test
+/// CA here), and `override_path` puts the API under the path the host names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosts_ca_and_override_path_are_used_for_that_host() {
+    let w = World::new();
+    w.push("team/app", "v1", ImageSpec::new().with_layers(&[100]))
+        .await;
+    let registry = w.seed.host();
+    let reference = format!("{registry}/team/app:v1");
+    let untrusting = RegistryClient::new(pullgate::registry::ClientOptions::default()).unwrap();
+    let ca = w.pki.ca_path().display().to_string();
+
+    let without = hosts_dir(&[(
+        registry.as_str(),
+        format!("server = \"https://{registry}\"\n"),
+    )]);
+    let r = probe_through(
+        &untrusting,
+        &reference,
+        NodeHosts::load_hosts_dir(without.path()).unwrap(),
+        &[],
+    )
+    .await;
+    assert_eq!(r.verdict, Verdict::Unavailable, "{r:#?}");
+
+    let with = hosts_dir(&[(
+        registry.as_str(),
+        format!("server = \"https://{registry}\"\nca = \"{ca}\"\n"),
+    )]);
+    let r = probe_through(
+        &untrusting,
+        &reference,
+        NodeHosts::load_hosts_dir(with.path()).unwrap(),
+        &[],
+    )
+    .await;
+    assert_eq!(r.verdict, Verdict::Pullable, "{r:#?}");
+
+    // A mirror under a path of its own: the requests go to that path, with the header the
+    // nodes send it (and not to the registry after it).
+    let front = PolicyProxy::start(&w.pki, &w.seed).await;
+    let dir = hosts_dir(&[(
+        registry.as_str(),
+        format!(
+            "server = \"https://{registry}\"\n\n[host.\"https://{}/mirror/v2\"]\n  override_path = true\n  [host.\"https://{}/mirror/v2\".header]\n    x-mirror-key = \"secret-value\"\n",
+            front.host(),
+            front.host()
+        ),
+    )]);
+    let r = probe_through(
+        &w.client(),
+        &reference,
+        NodeHosts::load_hosts_dir(dir.path()).unwrap(),
+        &[],
+    )
+    .await;
+    assert_eq!(r.verdict, Verdict::Pullable, "{r:#?}");
+    let asked = front.requests();
+    let manifest = asked
+        .iter()
+        .find(|s| s.path == "/mirror/v2/team/app/manifests/v1")
+        .unwrap_or_else(|| panic!("{asked:?}"));
+    assert_eq!(manifest.headers["x-mirror-key"], "secret-value");
+    // The mirror (a plain distribution behind the front) has no such path: the registry served.
+    assert_eq!(
+        r.host.as_deref(),
+        Some(format!("https://{registry}/v2").as_str())
+    );
+    assert!(!format!("{r:?}").contains("secret-value"));
+}

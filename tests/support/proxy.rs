@@ -26,6 +26,8 @@ pub struct Seen {
     pub query: Option<String>,
     pub authorization: Option<String>,
     pub range: Option<String>,
+    /// Every header, for what the fields above do not name.
+    pub headers: axum::http::HeaderMap,
     /// The connection it came on.
     pub connection: Option<ConnectionId>,
 }
@@ -142,6 +144,7 @@ impl Policy {
             query: uri.query().map(str::to_string),
             authorization: text(header::AUTHORIZATION),
             range: text(header::RANGE),
+            headers: headers.clone(),
             connection: parts.extensions.get::<ConnectionId>().copied(),
         });
     }
