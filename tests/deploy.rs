@@ -880,16 +880,23 @@ fn the_cert_manager_overlay_issues_the_secret_the_deployment_mounts() {
     );
 }
 
+/// The JSON-patch operations of an example overlay's one patch.
+fn patch_ops(kustomization: &Value) -> Vec<Value> {
+    serde_saphyr::from_str(kustomization["patches"][0]["patch"].as_str().unwrap()).unwrap()
+}
+
+/// The value of the operation whose path ends with `suffix`.
+fn op_value<'a>(ops: &'a [Value], suffix: &str) -> &'a Value {
+    &ops.iter()
+        .find(|op| op["path"].as_str().unwrap().ends_with(suffix))
+        .unwrap()["value"]
+}
+
 #[test]
 fn the_node_credentials_example_mounts_a_docker_config_where_pullgate_reads_it() {
     let k = &yaml_docs("deploy/examples/node-credentials/kustomization.yaml")[0];
-    let ops: Vec<Value> =
-        serde_saphyr::from_str(k["patches"][0]["patch"].as_str().unwrap()).unwrap();
-    let value = |suffix: &str| -> &Value {
-        &ops.iter()
-            .find(|op| op["path"].as_str().unwrap().ends_with(suffix))
-            .unwrap()["value"]
-    };
+    let ops = patch_ops(k);
+    let value = |suffix: &str| op_value(&ops, suffix);
     let env = value("/env/-");
     assert_eq!(env["name"], "PULLGATE_DOCKER_CONFIG");
     let args = serve_args(&[
@@ -921,13 +928,8 @@ fn the_node_credentials_example_mounts_a_docker_config_where_pullgate_reads_it()
 fn the_node_hosts_example_mounts_every_hosts_toml_where_the_nodes_have_it() {
     let dir = root().join("deploy/examples/node-hosts");
     let k = &yaml_docs("deploy/examples/node-hosts/kustomization.yaml")[0];
-    let ops: Vec<Value> =
-        serde_saphyr::from_str(k["patches"][0]["patch"].as_str().unwrap()).unwrap();
-    let value = |suffix: &str| -> &Value {
-        &ops.iter()
-            .find(|op| op["path"].as_str().unwrap().ends_with(suffix))
-            .unwrap()["value"]
-    };
+    let ops = patch_ops(k);
+    let value = |suffix: &str| op_value(&ops, suffix);
     let env = value("/env/-");
     assert_eq!(env["name"], "PULLGATE_HOSTS_DIR");
     let args = serve_args(&[

@@ -4,6 +4,7 @@
 //! while they are trusted.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -140,15 +141,19 @@ async fn probe_blob(
             Some("foreign layer: served from its own URLs, not by the registry".to_owned());
         return (report, None);
     }
-    if !read && memory.knows(session, &blob.digest) {
+    // A config to be read counts as known only with what it says.
+    if let Some(known) = memory.recall(session, &blob.digest)
+        && (!read || known.is_some())
+    {
         report.cached = true;
+        report.platform = known.map(|p| (*p).clone());
         return (report, None);
     }
     let result = probe_blob_inner(session, blob, &label, &mut report, read).await;
     match result {
         Ok(platform) => {
+            memory.remember(session, &blob.digest, platform.as_ref());
             report.platform = platform;
-            memory.remember(session, &blob.digest);
             (report, None)
         }
         Err(mut f) => {
@@ -171,9 +176,9 @@ async fn probe_blob_inner(
     report: &mut BlobReport,
     read: bool,
 ) -> Result<Option<Platform>, Failure> {
-    let read = read && blob.size <= CONFIG_READ_LIMIT as u64;
+    let read = read && blob.size <= CONFIG_READ_LIMIT as u64 && blob.size > 0;
     let sent = match read {
-        true => session.blob(&blob.digest).await,
+        true => session.blob_whole(&blob.digest, blob.size).await,
         false => session.blob_range(&blob.digest).await,
     };
     let mut resp = sent.map_err(|e| Failure::from_fetch(label, &e))?;
@@ -198,7 +203,7 @@ async fn probe_blob_inner(
                     format!("{label}: the registry served a blob with digest {claimed}"),
                 ));
             }
-            if read && status == StatusCode::OK {
+            if read {
                 return read_config(&mut resp, blob, label).await;
             }
             let first = resp.chunk().await.map_err(|e| {
@@ -298,7 +303,8 @@ struct BlobKey(u128);
 pub struct BlobMemory(Option<std::sync::Arc<Remembered>>);
 
 struct Remembered {
-    blobs: moka::sync::Cache<BlobKey, ()>,
+    /// For a config read whole, the platform it names (shared, 8 bytes an entry).
+    blobs: moka::sync::Cache<BlobKey, Option<Arc<Platform>>>,
     /// The key of the keyed hash that names remembered blobs; never leaves the process.
     secret: hmac::Key,
 }
@@ -347,17 +353,19 @@ impl BlobMemory {
         BlobKey(u128::from_le_bytes(f.finish()))
     }
 
-    /// Whether this blob answered a probe recently, in this repository with this credential.
-    fn knows(&self, session: &Session<'_>, digest: &Digest) -> bool {
-        self.0
-            .as_ref()
-            .is_some_and(|r| r.blobs.contains_key(&Self::key(&r.secret, session, digest)))
+    /// Whether this blob answered a probe recently, in this repository with this credential
+    /// (`Some`), and the platform it names when it is a config that was read.
+    fn recall(&self, session: &Session<'_>, digest: &Digest) -> Option<Option<Arc<Platform>>> {
+        let r = self.0.as_ref()?;
+        r.blobs.get(&Self::key(&r.secret, session, digest))
     }
 
-    /// Remembers a blob that answered its probe.
-    fn remember(&self, session: &Session<'_>, digest: &Digest) {
+    /// Remembers a blob that answered its probe, with the platform its content names.
+    fn remember(&self, session: &Session<'_>, digest: &Digest, platform: Option<&Platform>) {
         if let Some(r) = &self.0 {
-            r.blobs.insert(Self::key(&r.secret, session, digest), ());
+            let platform = platform.map(|p| Arc::new(p.clone()));
+            r.blobs
+                .insert(Self::key(&r.secret, session, digest), platform);
         }
     }
 }

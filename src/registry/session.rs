@@ -146,10 +146,17 @@ impl Session<'_> {
         self.send(&Method::GET, &path, &headers).await
     }
 
-    /// GETs the whole blob `digest`; the caller bounds what it reads.
-    pub async fn blob(&self, digest: &Digest) -> Result<Reply<'_>, FetchError> {
+    /// GETs all `size` bytes of the blob `digest` as one range (`Range: bytes=0-<size-1>`),
+    /// for a small blob whose content is wanted; the caller bounds what it reads.
+    pub async fn blob_whole(&self, digest: &Digest, size: u64) -> Result<Reply<'_>, FetchError> {
+        let mut headers = HeaderMap::new();
+        let range = format!("bytes=0-{}", size.saturating_sub(1));
+        headers.insert(
+            header::RANGE,
+            HeaderValue::from_str(&range).expect("a numeric range is a valid header"),
+        );
         let path = format!("{}{}/blobs/{digest}", self.prefix, self.repository);
-        self.send(&Method::GET, &path, &HeaderMap::new()).await
+        self.send(&Method::GET, &path, &headers).await
     }
 
     fn url(&self, path: &str) -> Url {

@@ -29,6 +29,15 @@ fn hosts<'a>(endpoints: impl IntoIterator<Item = &'a Endpoint>) -> Vec<&'a str> 
     endpoints.into_iter().map(|e| e.host.as_str()).collect()
 }
 
+/// Each endpoint's host and the repository asked of it.
+fn hosts_and_repositories(route: &Route) -> Vec<(&str, &str)> {
+    route
+        .endpoints
+        .iter()
+        .map(|e| (e.host.as_str(), e.repository.as_str()))
+        .collect()
+}
+
 fn write(dir: &Path, rel: &str, text: &str) -> PathBuf {
     let path = dir.join(rel);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -505,11 +514,7 @@ fn the_documented_example_rewrites_prefix_to_each_location() {
 fn pull_from_mirror_picks_mirrors_for_tags_and_digests() {
     let conf = crio("registries.conf/crio.conf");
     let tag = conf.route(&image("nginx:1.27"));
-    let got: Vec<_> = tag
-        .endpoints
-        .iter()
-        .map(|e| (e.host.as_str(), e.repository.as_str()))
-        .collect();
+    let got = hosts_and_repositories(&tag);
     assert_eq!(
         got,
         [
@@ -554,11 +559,7 @@ fn the_longest_prefix_wins() {
 fn a_wildcard_prefix_matches_subdomains_only() {
     let conf = crio("registries.conf/crio.conf");
     let route = conf.route(&image("a.internal.example/team/app:1"));
-    let got: Vec<_> = route
-        .endpoints
-        .iter()
-        .map(|e| (e.host.as_str(), e.repository.as_str()))
-        .collect();
+    let got = hosts_and_repositories(&route);
     assert_eq!(
         got,
         [
