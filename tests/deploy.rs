@@ -235,6 +235,14 @@ fn kustomizations_name_every_file_and_only_files_that_exist() {
                 .flatten()
                 .filter_map(|p| p["path"].as_str()),
         );
+        // Files a ConfigMap is generated from (`key=file` or `file`).
+        for generator in k["configMapGenerator"].as_array().into_iter().flatten() {
+            named.extend(
+                str_list(&generator["files"])
+                    .into_iter()
+                    .map(|f| f.split_once('=').map_or(f, |(_, file)| file)),
+            );
+        }
         for name in &named {
             let target = dir.join(name);
             assert!(
