@@ -99,6 +99,12 @@ impl DockerConfig {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+
+    /// A config built from entries already parsed elsewhere (a credential provider plugin's
+    /// `auth` map), in the order given; each credential should carry `source`.
+    pub(crate) fn from_entries(source: String, entries: Vec<(String, Credential)>) -> Self {
+        DockerConfig { source, entries }
+    }
 }
 
 /// Parses either a docker `config.json` / `.dockerconfigjson` (`{"auths": {...}, ...}`) or a

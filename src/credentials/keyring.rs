@@ -98,6 +98,20 @@ pub fn lookup_all(keyrings: &[&Keyring], image: &str) -> Vec<Credential> {
         .collect()
 }
 
+/// kubelet's `URLsMatchStr`, which credential provider plugins are chosen with (`matchImages`):
+/// a glob or a target that does not parse matches nothing, as the kubelet ignores the error.
+pub(super) fn urls_match_str(glob: &str, target: &str) -> bool {
+    match (SchemelessUrl::parse(glob), SchemelessUrl::parse(target)) {
+        (Ok(glob), Ok(target)) => urls_match(&glob, &target),
+        _ => false,
+    }
+}
+
+/// kubelet's `ParseSchemelessURL`, as the check its config validation makes of `matchImages`.
+pub(super) fn check_schemeless_url(schemeless: &str) -> Result<(), &'static str> {
+    SchemelessUrl::parse(schemeless).map(|_| ())
+}
+
 /// The index key `BasicDockerKeyring.Add` derives from a config key.
 pub(super) fn normalise_key(key: &str) -> Result<String, &'static str> {
     let with_scheme = if key.starts_with("https://") || key.starts_with("http://") {
