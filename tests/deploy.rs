@@ -986,6 +986,94 @@ fn the_node_hosts_example_mounts_every_hosts_toml_where_the_nodes_have_it() {
     assert!(loaded.describe().contains("containerd hosts directory"));
 }
 
+/// The EKS example: the plugin copied into a directory pullgate reads as its bin dir, the
+/// kubelet's config mounted where `PULLGATE_IMAGE_CREDENTIAL_PROVIDER_CONFIG` points, and that
+/// config loads as pullgate (and the kubelet) validate it.
+#[test]
+fn the_eks_example_gives_pullgate_the_plugin_and_the_kubelets_config() {
+    let dir = root().join("deploy/examples/eks-credential-provider");
+    let k = &yaml_docs("deploy/examples/eks-credential-provider/kustomization.yaml")[0];
+    let ops: Vec<Value> =
+        serde_saphyr::from_str(k["patches"][1]["patch"].as_str().unwrap()).unwrap();
+    let envs: BTreeMap<&str, &str> = ops
+        .iter()
+        .filter(|op| op["path"].as_str().unwrap().ends_with("/env/-"))
+        .map(|op| {
+            (
+                op["value"]["name"].as_str().unwrap(),
+                op["value"]["value"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let config = Path::new(envs["PULLGATE_IMAGE_CREDENTIAL_PROVIDER_CONFIG"]);
+    let bin_dir = Path::new(envs["PULLGATE_IMAGE_CREDENTIAL_PROVIDER_BIN_DIR"]);
+    let args = serve_args(&[
+        "pullgate",
+        "serve",
+        "--image-credential-provider-config",
+        config.to_str().unwrap(),
+        "--image-credential-provider-bin-dir",
+        bin_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        args.registry.credential_provider_config.as_deref(),
+        Some(config)
+    );
+    let mounts: BTreeMap<&str, &str> = ops
+        .iter()
+        .filter(|op| op["path"].as_str().unwrap().ends_with("/volumeMounts/-"))
+        .map(|op| {
+            (
+                op["value"]["mountPath"].as_str().unwrap(),
+                op["value"]["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let config_volume = mounts[config.parent().unwrap().to_str().unwrap()];
+    let bin_volume = mounts[bin_dir.to_str().unwrap()];
+    // The init container copies the plugin into the bin dir's volume, under the provider's name.
+    let init = &ops
+        .iter()
+        .find(|op| op["path"] == "/spec/template/spec/initContainers")
+        .unwrap()["value"][0];
+    assert_eq!(init["volumeMounts"][0]["name"], bin_volume);
+    let copied_to = init["command"].as_array().unwrap().last().unwrap();
+    let provider_config =
+        std::fs::read_to_string(dir.join("credential-provider-config.yaml")).unwrap();
+    let provider: Value = serde_saphyr::from_str(&provider_config).unwrap();
+    let name = provider["providers"][0]["name"].as_str().unwrap();
+    assert_eq!(
+        copied_to.as_str().unwrap(),
+        format!(
+            "{}/{name}",
+            init["volumeMounts"][0]["mountPath"].as_str().unwrap()
+        )
+    );
+    // The ConfigMap's key is the file name pullgate is pointed at.
+    let generator = &k["configMapGenerator"][0];
+    let volume = ops
+        .iter()
+        .find(|op| {
+            op["value"]["name"] == config_volume
+                && op["path"].as_str().unwrap().ends_with("/volumes/-")
+        })
+        .unwrap();
+    assert_eq!(volume["value"]["configMap"]["name"], generator["name"]);
+    let key = str_list(&generator["files"])[0].split_once('=').unwrap().0;
+    assert_eq!(key, config.file_name().unwrap().to_str().unwrap());
+    // The config is valid, with the plugin it names present and executable.
+    let plugins = tempfile::tempdir().unwrap();
+    let plugin = plugins.path().join(name);
+    std::fs::write(&plugin, "#!/usr/bin/env python3\n").unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    pullgate::credentials::CredentialProviders::load(
+        &dir.join("credential-provider-config.yaml"),
+        plugins.path(),
+    )
+    .unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // certs/make-certs.sh
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::workload::{ImageUse, Workload};
 use super::{MAX_PROBES_IN_FLIGHT, Reviewer};
-use crate::credentials::{PodCredentials, PullSecretRefs};
+use crate::credentials::{PodCredentials, Provided, PullSecretRefs};
 use crate::oci::digest::Digest;
 use crate::oci::platform::Platform;
 use crate::oci::reference::{ImageRef, ReferenceError};
@@ -86,16 +86,27 @@ impl Reviewer {
         if policy.image_exempt(written, &resolved.reference) {
             return Checked::of(&probe::exempt(&resolved.reference), registry, true);
         }
-        // The kubelet's order: the pod's secrets first, then the node's credentials.
+        // The kubelet's order: the pod's secrets first, then the node's credentials (its docker
+        // configs', then its credential-provider plugins').
         let pod = if credentials.keyring.is_empty() {
             Vec::new()
         } else {
             credentials.keyring.lookup(resolved.name())
         };
+        let plugins = if self.providers.is_empty() {
+            Provided::default()
+        } else {
+            self.providers.credentials(resolved.name(), deadline).await
+        };
         let key = ProbeKey {
             reference: resolved.reference.clone(),
             platforms: platforms.to_vec(),
-            credentials: pod.iter().chain(&resolved.node).map(|c| c.id()).collect(),
+            credentials: pod
+                .iter()
+                .chain(&resolved.node)
+                .chain(&plugins.credentials)
+                .map(|c| c.id())
+                .collect(),
         };
         // Built only on a miss: the probe's future is large, and a cache hit must not pay for
         // creating and moving it.
@@ -112,6 +123,7 @@ impl Reviewer {
                 budgets: self.budgets.clone(),
             };
             let resolved = resolved.clone();
+            let plugin_credentials = plugins.credentials.clone();
             let permit = self.probes.clone().try_acquire_owned();
             async move {
                 let Ok(_permit) = permit else {
@@ -121,6 +133,7 @@ impl Reviewer {
                 let found: Vec<_> = pod
                     .into_iter()
                     .chain(resolved.node.iter().cloned())
+                    .chain(plugin_credentials)
                     .collect();
                 let report = probe::probe(&client, &resolved.image, &found, &options).await;
                 metrics.probe(report.verdict.as_str());
@@ -139,6 +152,7 @@ impl Reviewer {
                     reference: resolved.reference.clone(),
                     registry,
                     exempt: false,
+                    warnings: Vec::new(),
                 }
             }
             Err(_) => Checked::of(
@@ -147,16 +161,29 @@ impl Reviewer {
                 false,
             ),
         };
-        // A 401 when a pull secret could not be read says nothing about the node, which may
-        // well have that secret.
+        // A 401 when a pull secret could not be read, or a credential provider failed, says
+        // nothing about the node, which may well have that credential.
+        for failure in &plugins.failures {
+            checked.warnings.push(format!(
+                "credential provider {} failed for {}: {}; the image was checked without its credential",
+                failure.provider, resolved.reference, failure.reason
+            ));
+        }
+        let why = if credentials.incomplete {
+            Some("a pull secret could not be read".to_owned())
+        } else {
+            plugins
+                .failures
+                .first()
+                .map(|f| format!("credential provider {} failed", f.provider))
+        };
         let answer = &checked.answer;
-        if credentials.incomplete && answer.verdict() == Verdict::Unauthorized {
+        if let Some(why) = why
+            && answer.verdict() == Verdict::Unauthorized
+        {
             checked.answer = Answer::new(
                 Verdict::Unavailable,
-                &format!(
-                    "{} (not conclusive: a pull secret could not be read)",
-                    answer.reason()
-                ),
+                &format!("{} (not conclusive: {why})", answer.reason()),
                 answer.failed_blob(),
                 answer.registry_message(),
             );
@@ -190,6 +217,8 @@ pub(super) struct Checked {
     /// The registry as the reference names it, for per-registry policy.
     registry: String,
     exempt: bool,
+    /// What the review should say besides the finding (a credential provider that failed).
+    pub(super) warnings: Vec<String>,
 }
 
 impl Checked {
@@ -200,6 +229,7 @@ impl Checked {
             reference: report.reference.clone(),
             registry,
             exempt,
+            warnings: Vec::new(),
         }
     }
 }

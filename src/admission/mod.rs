@@ -19,6 +19,7 @@ use kube::core::admission::AdmissionResponse;
 
 pub use object::Kind;
 
+use crate::credentials::CredentialProviders;
 use crate::credentials::{Keyring, SecretStore};
 use crate::metrics::Metrics;
 use crate::oci::platform::{Platform, PlatformRules};
@@ -63,6 +64,8 @@ pub struct ReviewerConfig {
     pub rules: PlatformRules,
     /// The hosts the nodes pull from (mirrors), as their runtime's configuration says.
     pub hosts: Arc<NodeHosts>,
+    /// The kubelet's credential-provider plugins: node credentials after the docker configs'.
+    pub providers: CredentialProviders,
 }
 
 /// Decides AdmissionReviews. Cheap to share: everything inside is reference-counted.
@@ -83,6 +86,7 @@ pub struct Reviewer {
     budgets: PullBudgets,
     rules: PlatformRules,
     hosts: Arc<NodeHosts>,
+    providers: CredentialProviders,
 }
 
 /// Blobs remembered at most: 16 bytes of key each, and moka's bookkeeping.
@@ -126,6 +130,7 @@ impl Reviewer {
             budgets: config.budgets,
             rules: config.rules,
             hosts: config.hosts,
+            providers: config.providers,
             resolved: moka::sync::Cache::new(RESOLVED_IMAGES),
             probes: Arc::new(tokio::sync::Semaphore::new(MAX_PROBES_IN_FLIGHT)),
         }
@@ -279,8 +284,12 @@ impl Reviewer {
             .filter_map(|use_| by_image.get(use_.image.as_str()).map(|c| finding(use_, c)))
             .collect();
         let mut decision = policy.decide(&workload.namespace, &findings);
-        for warning in &credentials.warnings {
-            decision.add_warning(format!("pullgate: {warning}"));
+        let provider_warnings = reports.iter().flat_map(|c| c.warnings.iter());
+        let mut said: HashSet<&str> = HashSet::new();
+        for warning in credentials.warnings.iter().chain(provider_warnings) {
+            if said.insert(warning) {
+                decision.add_warning(format!("pullgate: {warning}"));
+            }
         }
         Outcome {
             kind: workload.kind.as_str(),

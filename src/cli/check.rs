@@ -50,6 +50,7 @@ pub struct CheckArgs {
 pub async fn check(args: CheckArgs) -> Result<ExitCode, CliError> {
     let client = RegistryClient::new(args.registry.client_options()?).map_err(SetupError::from)?;
     let ring = load_keyring(&args.registry.docker_configs)?;
+    let providers = args.registry.credential_providers()?;
     let explicit = args
         .creds
         .as_ref()
@@ -64,19 +65,41 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode, CliError> {
     };
     let reports = join_all(args.references.iter().map(|input| {
         let (client, ring, explicit, options) = (&client, &ring, &explicit, &options);
+        let providers = &providers;
         async move {
             match ImageRef::parse(input) {
                 Err(e) => probe::invalid_reference(input, &e),
                 Ok(image) => {
                     let mut creds: Vec<Credential> = explicit.iter().cloned().collect();
                     creds.extend(ring.lookup(&image.name()));
+                    // The node's plugins after its docker configs, as the kubelet orders them.
+                    let deadline = std::time::Instant::now() + options.timeout;
+                    let plugins = providers.credentials(&image.name(), deadline).await;
+                    creds.extend(plugins.credentials);
                     // Docker Hub counts the GETs as pulls: the report says how many it spent
                     // and what the registry says is left.
                     let options = ProbeOptions {
                         metered: Policy::default().metered(&image),
                         ..options.clone()
                     };
-                    probe::probe(client, &image, &creds, &options).await
+                    let mut report = probe::probe(client, &image, &creds, &options).await;
+                    for failure in &plugins.failures {
+                        eprintln!(
+                            "pullgate: credential provider {} failed for {}: {}",
+                            failure.provider, report.reference, failure.reason
+                        );
+                    }
+                    // The node may still get the credential the plugin did not give here.
+                    if let Some(failure) = plugins.failures.first()
+                        && report.verdict == Verdict::Unauthorized
+                    {
+                        report.verdict = Verdict::Unavailable;
+                        report.reason = format!(
+                            "{} (not conclusive: credential provider {} failed)",
+                            report.reason, failure.provider
+                        );
+                    }
+                    report
                 }
             }
         }

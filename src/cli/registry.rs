@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::credentials::{Keyring, KeyringError, docker_config};
+use crate::credentials::{
+    CredentialProviders, Keyring, KeyringError, ProviderError, docker_config,
+};
 use crate::io::{ReadError, read_file};
 use crate::registry::{ClientError, ClientOptions, HostsError, NodeHosts};
 
@@ -22,6 +24,12 @@ pub enum SetupError {
     Client(#[from] ClientError),
     #[error("the nodes' registry hosts: {0}")]
     Hosts(#[from] HostsError),
+    #[error("credential providers: {0}")]
+    Providers(#[from] ProviderError),
+    #[error(
+        "--image-credential-provider-config and --image-credential-provider-bin-dir go together, as on the kubelet"
+    )]
+    ProvidersHalfSet,
 }
 
 /// Docker config files are small; a larger file is a mistake, not a config.
@@ -64,6 +72,23 @@ pub struct RegistryArgs {
         env = "PULLGATE_REGISTRIES_CONF"
     )]
     pub registries_conf: Option<PathBuf>,
+    /// The kubelet's CredentialProviderConfig (its --image-credential-provider-config): node
+    /// credentials from plugins (ecr-credential-provider, auth-provider-gcp,
+    /// acr-credential-provider), run as the kubelet runs them.
+    #[arg(
+        long = "image-credential-provider-config",
+        value_name = "FILE",
+        env = "PULLGATE_IMAGE_CREDENTIAL_PROVIDER_CONFIG"
+    )]
+    pub credential_provider_config: Option<PathBuf>,
+    /// The directory of the credential-provider plugin executables (the kubelet's
+    /// --image-credential-provider-bin-dir).
+    #[arg(
+        long = "image-credential-provider-bin-dir",
+        value_name = "DIR",
+        env = "PULLGATE_IMAGE_CREDENTIAL_PROVIDER_BIN_DIR"
+    )]
+    pub credential_provider_bin_dir: Option<PathBuf>,
 }
 
 impl RegistryArgs {
@@ -82,6 +107,19 @@ impl RegistryArgs {
 }
 
 impl RegistryArgs {
+    /// The kubelet's credential-provider plugins, loaded and checked as the kubelet does at
+    /// start-up; none when neither flag is given.
+    pub fn credential_providers(&self) -> Result<CredentialProviders, SetupError> {
+        match (
+            &self.credential_provider_config,
+            &self.credential_provider_bin_dir,
+        ) {
+            (Some(config), Some(bin_dir)) => Ok(CredentialProviders::load(config, bin_dir)?),
+            (None, None) => Ok(CredentialProviders::default()),
+            _ => Err(SetupError::ProvidersHalfSet),
+        }
+    }
+
     /// The nodes' host configuration, read once; nothing when neither flag is given.
     pub fn node_hosts(&self) -> Result<NodeHosts, SetupError> {
         let hosts = match (&self.hosts_dir, &self.registries_conf) {

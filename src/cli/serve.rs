@@ -287,6 +287,7 @@ pub async fn serve_config(args: ServeArgs) -> Result<Config, CliError> {
         kube,
         node_keyring: load_keyring(&args.registry.docker_configs)?,
         node_hosts: args.registry.node_hosts()?,
+        credential_providers: args.registry.credential_providers()?,
         reload_interval: args.reload_interval,
         shutdown_delay: args.shutdown_delay,
         connections: ConnectionLimits {

@@ -23,6 +23,7 @@ pub use routes::{HEALTHZ_PATH, METRICS_PATH, READYZ_PATH, WEBHOOK_PATH, review_b
 pub use tls::{CertFiles, CertStore, ClientCa, DevCertificate, TlsError};
 
 use crate::admission::{Reviewer, ReviewerConfig};
+use crate::credentials::CredentialProviders;
 use crate::credentials::{Keyring, SecretOptions, SecretStore};
 use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyError};
@@ -71,6 +72,8 @@ pub struct Config {
     pub node_keyring: Keyring,
     /// The hosts the nodes pull from (mirrors), as their runtime's configuration says.
     pub node_hosts: NodeHosts,
+    /// The kubelet's credential-provider plugins (`--image-credential-provider-config`).
+    pub credential_providers: CredentialProviders,
     /// How often the policy and certificate files are checked for changes.
     pub reload_interval: Duration,
     /// Largest AdmissionReview body accepted.
@@ -113,6 +116,7 @@ impl Default for Config {
             kube: None,
             node_keyring: Keyring::default(),
             node_hosts: NodeHosts::default(),
+            credential_providers: CredentialProviders::default(),
             reload_interval: Duration::from_secs(10),
             max_body_bytes: 8 * 1024 * 1024,
             shutdown_delay: Duration::from_secs(5),
@@ -195,6 +199,7 @@ pub async fn run(
             budgets: PullBudgets::new(config.pulls.reserve_percent),
             rules: config.node_hosts.platform_rules(),
             hosts: Arc::new(config.node_hosts),
+            providers: config.credential_providers,
         }),
         metrics: metrics.clone(),
         budget: config.review_budget,

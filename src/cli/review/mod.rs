@@ -138,6 +138,7 @@ pub async fn run(args: ReviewArgs) -> Result<ExitCode, ReviewError> {
         budgets: PullBudgets::default(),
         rules: hosts.platform_rules(),
         hosts: Arc::new(hosts),
+        providers: args.registry.credential_providers()?,
     });
     let policy = policy.current();
 
