@@ -55,6 +55,32 @@ pub fn read_file(path: &Path, limit: u64, kind: &str) -> Result<Vec<u8>, ReadErr
     read_limited(file, limit, what)
 }
 
+/// Parses a small configuration file (the policy, the kubelet's credential-provider config)
+/// as YAML into `T`, within a budget of nesting, anchors and aliases (their schemas nest a few
+/// levels deep and need no aliases) and refusing unknown tags; the error is serde-saphyr's
+/// message with the line, column and an excerpt, naming `source`.
+pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    source: &str,
+) -> Result<T, String> {
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_depth: 16,
+            max_anchors: 64,
+            max_aliases: 64,
+        },
+        reject_unsupported_tags: true,
+    };
+    serde_saphyr::from_slice_with_options(bytes, options).map_err(|e| {
+        let rendered =
+            e.render_with_options(serde_saphyr::render_options! { source_name: Some(source) });
+        rendered
+            .strip_prefix("error: ")
+            .unwrap_or(&rendered)
+            .to_owned()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

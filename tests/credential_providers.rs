@@ -60,6 +60,18 @@ print(json.dumps({{
         self.dir.path().join("bin").display().to_string()
     }
 
+    /// `check` arguments naming this plugin, then `rest`.
+    fn args<'a>(&'a self, config: &'a str, bin_dir: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec![
+            "--image-credential-provider-config",
+            config,
+            "--image-credential-provider-bin-dir",
+            bin_dir,
+        ];
+        args.extend_from_slice(rest);
+        args
+    }
+
     fn runs(&self) -> usize {
         std::fs::read_to_string(self.dir.path().join("runs"))
             .map(|s| s.lines().count())
@@ -110,15 +122,9 @@ async fn a_private_image_without_pull_secrets_is_pullable_through_the_nodes_plug
     );
 
     let plugin = Plugin::new(&host, "");
-    let (code, reports, stderr) = check(&[
-        "--ca-file",
-        &ca,
-        "--image-credential-provider-config",
-        &plugin.config(),
-        "--image-credential-provider-bin-dir",
-        &plugin.bin_dir(),
-        &reference,
-    ]);
+    let (config, bin_dir) = (plugin.config(), plugin.bin_dir());
+    let (code, reports, stderr) =
+        check(&plugin.args(&config, &bin_dir, &["--ca-file", &ca, &reference]));
     assert_eq!(code, 0, "{reports}\n{stderr}");
     assert_eq!(reports[0]["verdict"], "pullable");
     assert_eq!(
@@ -135,17 +141,19 @@ async fn a_private_image_without_pull_secrets_is_pullable_through_the_nodes_plug
         json!({"auths": {host.as_str(): {"username": "alice", "password": "s3cret"}}}).to_string(),
     )
     .unwrap();
-    let (code, reports, _) = check(&[
-        "--ca-file",
-        &ca,
-        "--docker-config",
-        config.to_str().unwrap(),
-        "--image-credential-provider-config",
-        &plugin.config(),
-        "--image-credential-provider-bin-dir",
-        &plugin.bin_dir(),
-        &reference,
-    ]);
+    let docker_config = config;
+    let (config, bin_dir) = (plugin.config(), plugin.bin_dir());
+    let (code, reports, _) = check(&plugin.args(
+        &config,
+        &bin_dir,
+        &[
+            "--ca-file",
+            &ca,
+            "--docker-config",
+            docker_config.to_str().unwrap(),
+            &reference,
+        ],
+    ));
     assert_eq!(code, 0);
     let credential = reports[0]["credential"].as_str().unwrap();
     assert!(credential.starts_with("--docker-config"), "{credential}");
@@ -161,15 +169,9 @@ async fn a_failing_plugin_is_named_and_its_401_is_not_conclusive() {
     let reference = format!("{host}/team/app:v1");
     let ca = w.pki.ca_path().display().to_string();
     let plugin = Plugin::new(&host, "print('secret-looking output'); sys.exit(3)");
-    let (code, reports, stderr) = check(&[
-        "--ca-file",
-        &ca,
-        "--image-credential-provider-config",
-        &plugin.config(),
-        "--image-credential-provider-bin-dir",
-        &plugin.bin_dir(),
-        &reference,
-    ]);
+    let (config, bin_dir) = (plugin.config(), plugin.bin_dir());
+    let (code, reports, stderr) =
+        check(&plugin.args(&config, &bin_dir, &["--ca-file", &ca, &reference]));
     assert_eq!(code, 1);
     assert_eq!(reports[0]["verdict"], "unavailable", "{reports}");
     let reason = reports[0]["reason"].as_str().unwrap();

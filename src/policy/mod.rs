@@ -228,26 +228,11 @@ impl Policy {
                 file: source.to_owned(),
             });
         }
-        let options = serde_saphyr::options! {
-            // Our schema nests four deep and needs no aliases; the file size is bounded above.
-            budget: serde_saphyr::budget! {
-                max_depth: 16,
-                max_anchors: 64,
-                max_aliases: 64,
-            },
-            reject_unsupported_tags: true,
-        };
-        let file = serde_saphyr::from_slice_with_options(yaml, options).map_err(|e| {
-            let rendered =
-                e.render_with_options(serde_saphyr::render_options! { source_name: Some(source) });
-            PolicyError::Yaml {
-                file: source.to_owned(),
-                detail: rendered
-                    .strip_prefix("error: ")
-                    .unwrap_or(&rendered)
-                    .to_owned(),
-            }
+        let file = crate::io::parse_yaml(yaml, source).map_err(|detail| PolicyError::Yaml {
+            file: source.to_owned(),
+            detail,
         })?;
+
         Policy::from_file(file, source)
     }
 

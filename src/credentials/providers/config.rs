@@ -215,23 +215,5 @@ fn parse<T: serde::de::DeserializeOwned>(
     if is_json {
         return serde_json::from_slice(bytes).map_err(|e| e.to_string());
     }
-    let options = serde_saphyr::options! {
-        // The schema nests four deep and needs no aliases; the file size is bounded.
-        budget: serde_saphyr::budget! {
-            max_depth: 16,
-            max_anchors: 64,
-            max_aliases: 64,
-        },
-        reject_unsupported_tags: true,
-    };
-    serde_saphyr::from_slice_with_options(bytes, options).map_err(|e| {
-        let source = file.display().to_string();
-        let rendered = e.render_with_options(
-            serde_saphyr::render_options! { source_name: Some(source.as_str()) },
-        );
-        rendered
-            .strip_prefix("error: ")
-            .unwrap_or(&rendered)
-            .to_owned()
-    })
+    crate::io::parse_yaml(bytes, &file.display().to_string())
 }
