@@ -211,28 +211,8 @@ async fn a_burst_of_reviews_runs_the_plugin_once() {
     )
     .unwrap();
     let hook = Webhook::start(config, &w.pki).await;
-    let review = |uid: usize| {
-        json!({
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": format!("uid-{uid}"),
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "resource": {"group": "", "version": "v1", "resource": "pods"},
-                "namespace": "shop",
-                "operation": "CREATE",
-                "userInfo": {"username": "alice"},
-                "object": {
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "metadata": {"name": format!("p{uid}"), "namespace": "shop"},
-                    "spec": {"containers": [{"name": "app", "image": format!("{host}/team/app:v1")}]}
-                }
-            }
-        })
-    };
     let answers = futures_util::future::join_all((0..500).map(|i| {
-        let (hook, review) = (&hook, review(i));
+        let (hook, review) = (&hook, pod_review(i, &host));
         async move { hook.review(&review).await }
     }))
     .await;
@@ -240,4 +220,53 @@ async fn a_burst_of_reviews_runs_the_plugin_once() {
         assert_eq!(a["allowed"], true, "{a}");
     }
     assert_eq!(plugin.runs(), 1);
+}
+
+/// An AdmissionReview of a Pod with one container pulling `host/team/app:v1`.
+fn pod_review(uid: usize, host: &str) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": format!("uid-{uid}"),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "shop",
+            "operation": "CREATE",
+            "userInfo": {"username": "alice"},
+            "object": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": format!("p{uid}"), "namespace": "shop"},
+                "spec": {"containers": [{"name": "app", "image": format!("{host}/team/app:v1")}]}
+            }
+        }
+    })
+}
+
+/// In the webhook, a plugin that fails is a warning naming it, and the 401 it leaves is not
+/// a refusal: the node may still get the credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_warns_of_a_failing_plugin_and_does_not_refuse_on_its_401() {
+    let w = World::new();
+    w.push("team/app", "v1", ImageSpec::new().with_layers(&[100]))
+        .await;
+    let registry = private_registry(&w);
+    let host = registry.host();
+    let plugin = Plugin::new(&host, "sys.exit(1)");
+    let mut config = test_config(&w.pki);
+    config.credential_providers = pullgate::credentials::CredentialProviders::load(
+        Path::new(&plugin.config()),
+        Path::new(&plugin.bin_dir()),
+    )
+    .unwrap();
+    let hook = Webhook::start(config, &w.pki).await;
+    let answer = hook.review(&pod_review(1, &host)).await;
+    assert_eq!(answer["allowed"], true, "{answer}");
+    let said = warnings(&answer).join("\n");
+    assert!(
+        said.contains("credential provider test-provider failed"),
+        "{said}"
+    );
+    assert!(said.contains("could not be checked"), "{said}");
 }
