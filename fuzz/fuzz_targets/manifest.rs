@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use pullgate::oci::manifest::{self, Document, MAX_INDEX_ENTRIES, MAX_LAYERS};
-use pullgate::oci::platform::Platform;
+use pullgate::oci::platform::{Platform, PlatformRules};
 
 fuzz_target!(|data: &[u8]| {
     let (content_type, body) = match data.iter().position(|&b| b == b'\n') {
@@ -22,7 +22,10 @@ fuzz_target!(|data: &[u8]| {
                 "windows/amd64",
                 "linux/arm/v7",
             ] {
-                let _ = index.select(&Platform::parse(platform).unwrap());
+                let platform = Platform::parse(platform).unwrap();
+                for rules in [PlatformRules::Containerd, PlatformRules::ContainersImage] {
+                    let _ = index.select(&platform, rules);
+                }
             }
             let _ = index.offered(12);
         }
