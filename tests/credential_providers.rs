@@ -204,13 +204,7 @@ async fn a_burst_of_reviews_runs_the_plugin_once() {
     let registry = private_registry(&w);
     let host = registry.host();
     let plugin = Plugin::new(&host, "");
-    let mut config = test_config(&w.pki);
-    config.credential_providers = pullgate::credentials::CredentialProviders::load(
-        Path::new(&plugin.config()),
-        Path::new(&plugin.bin_dir()),
-    )
-    .unwrap();
-    let hook = Webhook::start(config, &w.pki).await;
+    let hook = webhook_with(&w, &plugin).await;
     let answers = futures_util::future::join_all((0..500).map(|i| {
         let (hook, review) = (&hook, pod_review(i, &host));
         async move { hook.review(&review).await }
@@ -220,6 +214,17 @@ async fn a_burst_of_reviews_runs_the_plugin_once() {
         assert_eq!(a["allowed"], true, "{a}");
     }
     assert_eq!(plugin.runs(), 1);
+}
+
+/// The webhook, running `plugin` as the node's credential provider.
+async fn webhook_with(w: &World, plugin: &Plugin) -> Webhook {
+    let mut config = test_config(&w.pki);
+    config.credential_providers = pullgate::credentials::CredentialProviders::load(
+        Path::new(&plugin.config()),
+        Path::new(&plugin.bin_dir()),
+    )
+    .unwrap();
+    Webhook::start(config, &w.pki).await
 }
 
 /// An AdmissionReview of a Pod with one container pulling `host/team/app:v1`.
@@ -254,13 +259,7 @@ async fn the_webhook_warns_of_a_failing_plugin_and_does_not_refuse_on_its_401() 
     let registry = private_registry(&w);
     let host = registry.host();
     let plugin = Plugin::new(&host, "sys.exit(1)");
-    let mut config = test_config(&w.pki);
-    config.credential_providers = pullgate::credentials::CredentialProviders::load(
-        Path::new(&plugin.config()),
-        Path::new(&plugin.bin_dir()),
-    )
-    .unwrap();
-    let hook = Webhook::start(config, &w.pki).await;
+    let hook = webhook_with(&w, &plugin).await;
     let answer = hook.review(&pod_review(1, &host)).await;
     assert_eq!(answer["allowed"], true, "{answer}");
     let said = warnings(&answer).join("\n");

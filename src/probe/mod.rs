@@ -28,6 +28,7 @@ pub use verdict::{Verdict, classify_status, verdict_of};
 use crate::oci::digest::Digest;
 use crate::oci::platform::{Platform, PlatformRules};
 use crate::oci::reference::{ImageRef, ReferenceError};
+use crate::registry::hosts::Route;
 use crate::registry::{Credential, NodeHosts, RateLimit, RegistryClient, RegistryMessage};
 use resolve::{Course, run};
 use verdict::Failure;
@@ -238,6 +239,8 @@ pub async fn probe(
     let Ok(_turn) = tokio::time::timeout_at(deadline.into(), client.host_turn(image)).await else {
         return unfinished(&image.to_string(), options.timeout);
     };
+    // The hosts the node asks, worked out once for every credential tried.
+    let route = options.hosts.route(image);
     let mut best: Option<Report> = None;
     let (mut requests, mut gets, mut heads, mut pulls, mut warmups) = (0, 0, 0, 0, 0);
     let mut rate_limit = None;
@@ -247,7 +250,10 @@ pub async fn probe(
         // Boxed: the task of a probe still waiting for its host's turn then holds a few hundred
         // bytes, not the tens of kilobytes of a running probe's state; a burst of reviews for
         // one registry queues hundreds of them.
-        let report = Box::pin(probe_once(client, image, credential, options, deadline)).await;
+        let report = Box::pin(probe_once(
+            client, image, &route, credential, options, deadline,
+        ))
+        .await;
         requests += report.requests;
         gets += report.manifest_gets;
         heads += report.manifest_heads;
@@ -284,16 +290,16 @@ pub async fn probe(
     report
 }
 
-/// One attempt with one credential (or none).
+/// One attempt with one credential (or none), over the hosts of `route`.
 async fn probe_once(
     client: &RegistryClient,
     image: &ImageRef,
+    route: &Route,
     credential: Option<&Credential>,
     options: &ProbeOptions,
     deadline: Instant,
 ) -> Report {
     let started = Instant::now();
-    let route = options.hosts.route(image);
     let mut report = Report::new(image.to_string(), Verdict::Pullable, String::new());
     report.credential = credential.map(|c| c.source().to_owned());
     report.attempts = 1;
@@ -305,7 +311,7 @@ async fn probe_once(
     }
     let configured = options.hosts.is_configured();
     let hosts = match route::hosts(
-        client, &route, configured, image, credential, options, deadline,
+        client, route, configured, image, credential, options, deadline,
     ) {
         Ok(hosts) => hosts,
         Err(f) => {
