@@ -30,16 +30,40 @@ async fn main() -> ExitCode {
         // Colour codes are noise in a pod's log or a CI job's output.
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
     }
-    let result: Result<ExitCode, Box<dyn std::error::Error>> = match cli.command {
-        Command::Check(args) => pullgate::cli::check(args).await.map_err(Into::into),
-        Command::Serve(args) => pullgate::cli::serve(args).await.map_err(Into::into),
-        Command::Review(args) => pullgate::cli::review::run(args).await.map_err(Into::into),
+    // An output whose reader went away ends the command quietly, with a SIGPIPE's status, as
+    // Unix tools end; everything else is said on stderr, exit 2.
+    let result: Result<ExitCode, Failure> = match cli.command {
+        Command::Check(args) => pullgate::cli::check(args)
+            .await
+            .map_err(|e| Failure::new(e.is_closed_output(), e)),
+        Command::Serve(args) => pullgate::cli::serve(args)
+            .await
+            .map_err(|e| Failure::new(e.is_closed_output(), e)),
+        Command::Review(args) => pullgate::cli::review::run(args)
+            .await
+            .map_err(|e| Failure::new(e.is_closed_output(), e)),
     };
     match result {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("pullgate: {e}");
+        Err(Failure::ClosedOutput) => ExitCode::from(141),
+        Err(Failure::Error(e)) => {
+            pullgate::cli::say(format_args!("{e}"));
             ExitCode::from(2)
+        }
+    }
+}
+
+enum Failure {
+    ClosedOutput,
+    Error(Box<dyn std::error::Error>),
+}
+
+impl Failure {
+    fn new(closed_output: bool, e: impl std::error::Error + 'static) -> Self {
+        if closed_output {
+            Failure::ClosedOutput
+        } else {
+            Failure::Error(Box::new(e))
         }
     }
 }

@@ -248,3 +248,29 @@ async fn check_probes_through_the_nodes_hosts_dir() {
     ]);
     assert_eq!(run.code, 2, "the two are exclusive: {}", run.stderr);
 }
+
+/// Service-account tokens for credential providers are requested through the API, so asking
+/// for them without one is a configuration error, said before anything is served.
+#[test]
+fn provider_tokens_without_the_api_exit_2() {
+    let dir = TempDir::new().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let run = pullgate(&[
+        "serve",
+        "--no-kube",
+        "--provider-service-account-tokens",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--dev-ca-out",
+        ca.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("--provider-service-account-tokens needs the Kubernetes API"),
+        "{}",
+        run.stderr
+    );
+}

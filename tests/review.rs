@@ -326,3 +326,70 @@ async fn a_warn_policy_admits_with_the_warning_printed() {
         run.stdout
     );
 }
+
+/// A Pod whose image is not a reference: denied without any registry request.
+const BAD_POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: bad, namespace: shop}\nspec: {containers: [{name: app, image: \"Not/A:Ref:\"}]}\n";
+const CONFIG_MAP: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n";
+
+/// `-f DIR` reads the directory's manifests recursively, as kubectl users expect; input with
+/// no workload is an error unless `--allow-empty`, so a broken generator fails the pipeline.
+#[test]
+fn a_directory_is_read_recursively_and_an_empty_input_is_an_error() {
+    let dir = TempDir::new().unwrap();
+    std::fs::create_dir_all(dir.path().join("apps/nested")).unwrap();
+    write(dir.path(), "apps/nested/pod.yml", BAD_POD);
+    write(dir.path(), "apps/config.json", r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"j"}}"#);
+    write(dir.path(), "apps/README.md", "not: a manifest\n");
+    let root = dir.path().to_str().unwrap();
+    let run = review(&["-f", root], None);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("Pod shop/bad"), "{}", run.stdout);
+    assert!(run.stderr.contains("config.json"), "the ConfigMap is reported skipped: {}", run.stderr);
+
+    let empty = TempDir::new().unwrap();
+    let only_config = write(empty.path(), "cm.yaml", CONFIG_MAP);
+    for (args, stdin) in [
+        (vec!["-f", only_config.as_str()], None),
+        (vec!["-f", empty.path().to_str().unwrap()], None),
+        (vec!["-f", "-"], Some("")),
+    ] {
+        let run = review(&args, stdin);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains("no workloads to review"), "{}", run.stderr);
+        assert!(run.stderr.contains("--allow-empty"), "{}", run.stderr);
+        let mut allowed = args.clone();
+        allowed.push("--allow-empty");
+        let run = review(&allowed, stdin);
+        assert_eq!(run.code, 0, "{allowed:?}: {}", run.stderr);
+    }
+}
+
+/// `pullgate review … 2>&1 | true`: the reader is gone before anything is written. The run
+/// ends quietly with a SIGPIPE's status, as Unix tools do, never with a panic.
+#[test]
+fn a_closed_output_ends_quietly() {
+    let dir = TempDir::new().unwrap();
+    let file = write(dir.path(), "pod.yaml", BAD_POD);
+    for closed_stderr in [false, true] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let stderr = if closed_stderr {
+            Stdio::from(writer.try_clone().unwrap())
+        } else {
+            Stdio::piped()
+        };
+        let out = Command::new(env!("CARGO_BIN_EXE_pullgate"))
+            .args(["review", "-f", &file])
+            .stdout(Stdio::from(writer))
+            .stderr(stderr)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(141),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    }
+}

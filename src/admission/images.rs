@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::workload::{ImageUse, Workload};
 use super::{MAX_PROBES_IN_FLIGHT, Reviewer};
-use crate::credentials::{PodCredentials, Provided, PullSecretRefs};
+use crate::credentials::{PodAccount, PodCredentials, Provided, PullSecretRefs};
 use crate::oci::digest::Digest;
 use crate::oci::platform::Platform;
 use crate::oci::reference::{ImageRef, ReferenceError};
@@ -24,8 +24,15 @@ impl Reviewer {
         workload: &Workload,
         deadline: Instant,
     ) -> PodCredentials {
+        let account = Some(PodAccount {
+            namespace: workload.namespace.clone(),
+            service_account: workload.pod.service_account.clone(),
+        });
         let Some(secrets) = &self.secrets else {
-            return PodCredentials::default();
+            return PodCredentials {
+                account,
+                ..PodCredentials::default()
+            };
         };
         let refs = PullSecretRefs {
             names: workload.pod.image_pull_secrets.clone(),
@@ -34,12 +41,16 @@ impl Reviewer {
         };
         let lookup = secrets.for_pod(&workload.namespace, &refs);
         match tokio::time::timeout_at(deadline.into(), lookup).await {
-            Ok(credentials) => credentials,
+            Ok(credentials) => PodCredentials {
+                account,
+                ..credentials
+            },
             Err(_) => PodCredentials {
                 warnings: vec![
                     "pull secrets could not be read before the review's deadline".to_owned(),
                 ],
                 incomplete: true,
+                account,
                 ..PodCredentials::default()
             },
         }
@@ -96,7 +107,9 @@ impl Reviewer {
         let plugins = if self.providers.is_empty() {
             Provided::default()
         } else {
-            self.providers.credentials(resolved.name(), deadline).await
+            self.providers
+                .credentials(resolved.name(), credentials.account.as_ref(), deadline)
+                .await
         };
         let key = ProbeKey {
             reference: resolved.reference.clone(),

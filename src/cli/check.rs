@@ -21,11 +21,13 @@ pub struct CheckArgs {
     /// Print JSON instead of a table.
     #[arg(long, env = "PULLGATE_JSON")]
     pub json: bool,
-    /// Platform to check; repeat for several (each must be pullable).
+    /// Platform to check; repeat or comma-separate for several (each must be pullable).
     #[arg(
         long = "platform",
         value_name = "OS/ARCH[/VARIANT]",
-        default_value = "linux/amd64"
+        default_value = "linux/amd64",
+        value_delimiter = ',',
+        env = "PULLGATE_PLATFORM"
     )]
     pub platforms: Vec<Platform>,
     #[command(flatten)]
@@ -74,7 +76,7 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode, CliError> {
                     creds.extend(ring.lookup(&image.name()));
                     // The node's plugins after its docker configs, as the kubelet orders them.
                     let deadline = std::time::Instant::now() + options.timeout;
-                    let plugins = providers.credentials(&image.name(), deadline).await;
+                    let plugins = providers.credentials(&image.name(), None, deadline).await;
                     creds.extend(plugins.credentials);
                     // Docker Hub counts the GETs as pulls: the report says how many it spent
                     // and what the registry says is left.
@@ -84,10 +86,10 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode, CliError> {
                     };
                     let mut report = probe::probe(client, &image, &creds, &options).await;
                     for failure in &plugins.failures {
-                        eprintln!(
-                            "pullgate: credential provider {} failed for {}: {}",
+                        super::say(format_args!(
+                            "credential provider {} failed for {}: {}",
                             failure.provider, report.reference, failure.reason
-                        );
+                        ));
                     }
                     // The node may still get the credential the plugin did not give here.
                     if let Some(failure) = plugins.failures.first()

@@ -30,6 +30,10 @@ pub enum SetupError {
         "--image-credential-provider-config and --image-credential-provider-bin-dir go together, as on the kubelet"
     )]
     ProvidersHalfSet,
+    #[error(
+        "--provider-service-account-tokens needs the Kubernetes API (a kubeconfig or the in-cluster environment), to request the tokens: {reason}"
+    )]
+    TokensWithoutApi { reason: String },
 }
 
 /// Docker config files are small; a larger file is a mistake, not a config.
@@ -47,8 +51,13 @@ pub struct RegistryArgs {
         value_delimiter = ','
     )]
     pub docker_configs: Vec<PathBuf>,
-    /// Extra CA certificates (PEM) to trust for registries.
-    #[arg(long = "ca-file", value_name = "PEM", env = "PULLGATE_CA_FILE")]
+    /// Extra CA certificates (PEM) to trust for registries; repeatable.
+    #[arg(
+        long = "ca-file",
+        value_name = "PEM",
+        env = "PULLGATE_CA_FILE",
+        value_delimiter = ','
+    )]
     pub ca_files: Vec<PathBuf>,
     /// Do not verify registry certificates.
     #[arg(long, env = "PULLGATE_INSECURE_SKIP_TLS_VERIFY")]

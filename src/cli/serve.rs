@@ -11,7 +11,7 @@ use clap::Args;
 use tokio::net::TcpListener;
 
 use super::CliError;
-use super::registry::{RegistryArgs, load_keyring};
+use super::registry::{RegistryArgs, SetupError, load_keyring};
 use crate::credentials::SecretOptions;
 use crate::fds::FdBudget;
 use crate::probe::{CacheOptions, PullOptions};
@@ -65,7 +65,9 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub dev_hosts: Vec<String>,
-    /// Where the development CA is written, for `curl --cacert`.
+    /// Where the development CA is written, for `curl --cacert` [default: pullgate-dev-ca-<ADDRESS>-<PORT>.pem
+    /// in the temporary directory, one per listen address, so two servers never overwrite
+    /// each other's CA].
     #[arg(long, value_name = "FILE", env = "PULLGATE_DEV_CA_OUT")]
     pub dev_ca_out: Option<PathBuf>,
     /// Policy file (YAML), re-read when it changes. Without it, the embedded default policy.
@@ -106,6 +108,12 @@ pub struct ServeArgs {
     /// Do not read pull secrets from the Kubernetes API (probe with node credentials only).
     #[arg(long, env = "PULLGATE_NO_KUBE")]
     pub no_kube: bool,
+    /// Request a token of the workload's ServiceAccount (TokenRequest API, 10-minute lifetime,
+    /// the provider's audience) for credential providers whose config has `tokenAttributes`,
+    /// as the kubelet does (KEP-4412). Needs `create` on `serviceaccounts/token`; without this
+    /// flag such providers are skipped with a warning.
+    #[arg(long, env = "PULLGATE_PROVIDER_SERVICE_ACCOUNT_TOKENS")]
+    pub provider_service_account_tokens: bool,
     /// Most time one review may take; keep it below the webhook's timeoutSeconds.
     #[arg(long, value_name = "DUR", default_value = "8s", value_parser = humantime::parse_duration, env = "PULLGATE_REVIEW_BUDGET")]
     pub review_budget: Duration,
@@ -208,8 +216,14 @@ pub struct ServeArgs {
 }
 
 /// The server configuration for `args`: the typed, validated form of the flags. The
-/// connection caps are lowered to fit the process's open-files limit.
-pub async fn serve_config(args: ServeArgs) -> Result<Config, CliError> {
+/// connection caps are lowered to fit the process's open-files limit. `webhook` is the bound
+/// webhook address, which names the development CA's file; what to tell the user once the
+/// server has started is added to `notices`.
+pub(crate) async fn serve_config(
+    args: ServeArgs,
+    webhook: SocketAddr,
+    notices: &mut Vec<String>,
+) -> Result<Config, CliError> {
     let defaults = Config::default();
     let budget = FdBudget::split(
         crate::fds::limit(),
@@ -217,33 +231,69 @@ pub async fn serve_config(args: ServeArgs) -> Result<Config, CliError> {
         ConnectionLimits::admin().max_connections,
         args.max_registry_connections,
     );
+    let kube = if args.no_kube {
+        notices.push(
+            "--no-kube: pull secrets are not read; probing with node credentials only".to_owned(),
+        );
+        if args.provider_service_account_tokens {
+            return Err(SetupError::TokensWithoutApi {
+                reason: "--no-kube is given".to_owned(),
+            }
+            .into());
+        }
+        None
+    } else {
+        match kube::Client::try_default().await {
+            Ok(client) => Some(client),
+            Err(_) if !args.provider_service_account_tokens && !kube_configured() => {
+                tracing::info!(
+                    "no kubeconfig and not in a cluster: pull secrets are not read; probing with node credentials only"
+                );
+                None
+            }
+            Err(e) if args.provider_service_account_tokens => {
+                return Err(SetupError::TokensWithoutApi {
+                    reason: e.to_string(),
+                }
+                .into());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no Kubernetes API: pull secrets will not be read");
+                None
+            }
+        }
+    };
+    let credential_providers = args.registry.credential_providers()?;
+    let token_providers = credential_providers.token_providers().join(", ");
+    if !token_providers.is_empty() && !args.provider_service_account_tokens {
+        tracing::warn!(
+            providers = %token_providers,
+            "these credential providers are sent the pod's service-account token, which pullgate requests only with --provider-service-account-tokens: they are skipped"
+        );
+    }
+    let node_keyring = load_keyring(&args.registry.docker_configs)?;
+    let node_hosts = args.registry.node_hosts()?;
+    let client_options = args.registry.client_options()?;
+    // Written only once everything else has been checked.
     let tls = match (args.tls_cert, args.tls_key) {
         (Some(cert), Some(key)) => TlsSource::Files(CertFiles { cert, key }),
         _ => {
             let dev = DevCertificate::generate(&args.dev_hosts)?;
             let out = args
                 .dev_ca_out
-                .unwrap_or_else(|| std::env::temp_dir().join("pullgate-dev-ca.pem"));
-            std::fs::write(&out, &dev.ca_pem)?;
+                .unwrap_or_else(|| std::env::temp_dir().join(dev_ca_name(webhook)));
+            std::fs::write(&out, &dev.ca_pem).map_err(|source| CliError::DevCa {
+                path: out.clone(),
+                source,
+            })?;
             let hosts = args.dev_hosts.join(", ");
             let ca = out.display();
-            eprintln!(
-                "pullgate: no --tls-cert given: serving a development certificate for {hosts}.\n\
+            notices.push(format!(
+                "no --tls-cert given: serving a development certificate for {hosts}.\n\
                  Its CA is in {ca} (curl --cacert {ca} ...):\n{}",
-                dev.ca_pem
-            );
+                dev.ca_pem.trim_end()
+            ));
             TlsSource::Development(dev)
-        }
-    };
-    let kube = if args.no_kube {
-        None
-    } else {
-        match kube::Client::try_default().await {
-            Ok(client) => Some(client),
-            Err(e) => {
-                tracing::warn!(error = %e, "no Kubernetes API: pull secrets will not be read");
-                None
-            }
         }
     };
     Ok(Config {
@@ -266,7 +316,7 @@ pub async fn serve_config(args: ServeArgs) -> Result<Config, CliError> {
                 fd_ceiling: budget.outbound_ceiling,
                 ..OutboundLimits::default()
             },
-            ..args.registry.client_options()?
+            ..client_options
         },
         cache: CacheOptions {
             pullable_ttl: args.pullable_ttl,
@@ -285,9 +335,10 @@ pub async fn serve_config(args: ServeArgs) -> Result<Config, CliError> {
             ..SecretOptions::default()
         },
         kube,
-        node_keyring: load_keyring(&args.registry.docker_configs)?,
-        node_hosts: args.registry.node_hosts()?,
-        credential_providers: args.registry.credential_providers()?,
+        node_keyring,
+        node_hosts,
+        credential_providers,
+        provider_service_account_tokens: args.provider_service_account_tokens,
         reload_interval: args.reload_interval,
         shutdown_delay: args.shutdown_delay,
         connections: ConnectionLimits {
@@ -328,18 +379,13 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
-/// Runs `pullgate serve` until SIGTERM or Ctrl-C.
+/// Runs `pullgate serve` until SIGTERM or Ctrl-C. The ports are bound first (so a second
+/// server on a busy port changes nothing, not even the development CA's file), then the whole
+/// configuration is read and checked, and only then is the server announced.
 pub async fn serve(args: Box<ServeArgs>) -> Result<ExitCode, CliError> {
     let (listen, admin_listen) = (args.listen, args.admin_listen);
     // As Go's runtime does: a server has every descriptor the hard limit allows.
     let limit = crate::fds::raise_limit();
-    let config = serve_config(*args).await?;
-    tracing::info!(
-        open_files_limit = limit,
-        webhook_connections = config.connections.max_connections,
-        registry_connections = config.registry.outbound.max_connections,
-        "connection caps"
-    );
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -351,13 +397,44 @@ pub async fn serve(args: Box<ServeArgs>) -> Result<ExitCode, CliError> {
     };
     // The bound addresses: with port 0, the ports the system chose.
     let shown = |l: &TcpListener, asked: SocketAddr| l.local_addr().unwrap_or(asked);
-    eprintln!(
-        "pullgate: webhook on https://{}/validate, admin on http://{}/",
+    let (webhook, admin) = (
         shown(&listeners.webhook, listen),
-        shown(&listeners.admin, admin_listen)
+        shown(&listeners.admin, admin_listen),
     );
-    crate::run(config, listeners, shutdown_signal()).await?;
+    let mut notices = Vec::new();
+    let config = serve_config(*args, webhook, &mut notices).await?;
+    tracing::info!(
+        open_files_limit = limit,
+        webhook_connections = config.connections.max_connections,
+        registry_connections = config.registry.outbound.max_connections,
+        "connection caps"
+    );
+    crate::server::run_announced(config, listeners, shutdown_signal(), || {
+        for notice in &notices {
+            super::say(format_args!("{notice}"));
+        }
+        super::say(format_args!(
+            "webhook on https://{webhook}/validate, admin on http://{admin}/"
+        ));
+    })
+    .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The development CA's default file name for a webhook bound at `addr`.
+fn dev_ca_name(addr: SocketAddr) -> String {
+    let ip = addr.ip().to_string().replace(':', "_");
+    format!("pullgate-dev-ca-{ip}-{}.pem", addr.port())
+}
+
+/// Whether kube-rs has anything to find: a kubeconfig (`KUBECONFIG` or `~/.kube/config`) or
+/// the in-cluster environment. Without either, no API is the expected quick-start case, not
+/// a problem worth a warning.
+fn kube_configured() -> bool {
+    std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty())
+        || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+        || std::env::var_os("HOME")
+            .is_some_and(|home| PathBuf::from(home).join(".kube/config").exists())
 }
 
 /// Resolves on SIGTERM (what the kubelet sends) or Ctrl-C.

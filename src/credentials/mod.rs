@@ -7,6 +7,7 @@ mod go_url;
 mod keyring;
 pub mod providers;
 mod pull_secrets;
+mod tokens;
 
 #[cfg(test)]
 mod tests;
@@ -15,3 +16,4 @@ pub use docker_config::{DockerConfig, KeyringError};
 pub use keyring::{Keyring, lookup_all};
 pub use providers::{CredentialProviders, Provided, ProviderError, ProviderFailure};
 pub use pull_secrets::{PodCredentials, PullSecretRefs, SecretOptions, SecretStore};
+pub use tokens::{PodAccount, ServiceAccountTokens};

@@ -12,6 +12,7 @@
 //! object, and a changed or deleted secret takes effect within that time. A secret that cannot
 //! be used never fails a review: the kubelet pulls without it, and so do we, with a warning.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +27,7 @@ use serde::de::DeserializeOwned;
 
 use super::docker_config::{self, DockerConfig};
 use super::keyring::{self, Keyring};
+use super::tokens::PodAccount;
 use crate::oci::reference::ImageRef;
 use crate::registry::Credential;
 
@@ -90,11 +92,13 @@ pub struct PodCredentials {
     /// A read failed for a reason that may pass (timeout, API server error): a credential may
     /// be missing that the kubelet will have, so `unauthorized` is not trustworthy.
     pub incomplete: bool,
+    /// Who the pod runs as, for credential providers sent its service-account token.
+    pub account: Option<PodAccount>,
 }
 
 /// Why an object could not be used. Never carries secret material.
 #[derive(Clone, Debug, thiserror::Error)]
-pub(super) enum LookupError {
+pub(crate) enum LookupError {
     #[error("{kind} \"{object}\" not found")]
     NotFound { kind: &'static str, object: String },
     #[error("{kind} \"{object}\" cannot be read: forbidden (check pullgate's RBAC)")]
@@ -127,15 +131,15 @@ pub(super) enum LookupError {
 
 impl LookupError {
     /// Failures that may pass on a retry.
-    pub(super) fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         matches!(self, LookupError::Unavailable { .. })
     }
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
-struct ObjectKey {
-    namespace: String,
-    name: String,
+pub(super) struct ObjectKey {
+    pub(super) namespace: String,
+    pub(super) name: String,
 }
 
 impl fmt::Display for ObjectKey {
@@ -152,7 +156,17 @@ pub struct SecretStore {
     client: kube::Client,
     options: SecretOptions,
     secrets: Cache<ObjectKey, Lookup<DockerConfig>>,
-    accounts: Cache<ObjectKey, Lookup<Vec<String>>>,
+    accounts: Cache<ObjectKey, Lookup<Account>>,
+}
+
+/// What pullgate uses of a ServiceAccount.
+#[derive(Debug)]
+pub(crate) struct Account {
+    /// Its `imagePullSecrets` names.
+    pub(crate) pull_secrets: Vec<String>,
+    pub(crate) uid: String,
+    /// Its annotations, for credential providers that are sent some of them (KEP-4412).
+    pub(crate) annotations: BTreeMap<String, String>,
 }
 
 impl fmt::Debug for SecretStore {
@@ -196,9 +210,15 @@ impl Weight for DockerConfig {
     }
 }
 
-impl Weight for Vec<String> {
+impl Weight for Account {
     fn weight(&self) -> usize {
-        self.iter().map(|name| 24 + name.len()).sum()
+        let secrets: usize = self.pull_secrets.iter().map(|name| 24 + name.len()).sum();
+        let annotations: usize = self
+            .annotations
+            .iter()
+            .map(|(k, v)| 64 + k.len() + v.len())
+            .sum();
+        secrets + annotations + self.uid.len()
     }
 }
 
@@ -233,6 +253,10 @@ impl SecretStore {
         }
     }
 
+    pub(crate) fn options(&self) -> &SecretOptions {
+        &self.options
+    }
+
     /// The pull secrets the kubelet will use for a pod in `namespace` with these refs.
     pub async fn for_pod(&self, namespace: &str, refs: &PullSecretRefs) -> PodCredentials {
         let mut out = PodCredentials::default();
@@ -241,11 +265,11 @@ impl SecretStore {
             // The ServiceAccount admission plugin copies the account's secrets only into pods
             // that name none themselves.
             match self
-                .service_account(namespace, &refs.service_account)
+                .account(namespace, &refs.service_account)
                 .await
                 .as_ref()
             {
-                Ok(account_secrets) => names.clone_from(account_secrets),
+                Ok(account) => names.clone_from(&account.pull_secrets),
                 Err(e) => out.note(e),
             }
         }
@@ -276,7 +300,8 @@ impl SecretStore {
             .await
     }
 
-    async fn service_account(&self, namespace: &str, name: &str) -> Lookup<Vec<String>> {
+    /// The ServiceAccount `namespace/name`, read at most once per `ttl`.
+    pub(crate) async fn account(&self, namespace: &str, name: &str) -> Lookup<Account> {
         let key = ObjectKey {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
@@ -287,24 +312,49 @@ impl SecretStore {
                     .get::<ServiceAccount>("serviceaccounts", "serviceaccount", &key)
                     .await;
                 Arc::new(account.map(|account| {
-                    account
-                        .image_pull_secrets
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|reference| reference.name)
-                        .filter(|name| !name.is_empty())
-                        .collect()
+                    Account {
+                        pull_secrets: account
+                            .image_pull_secrets
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|reference| reference.name)
+                            .filter(|name| !name.is_empty())
+                            .collect(),
+                        uid: account.metadata.uid.unwrap_or_default(),
+                        annotations: account.metadata.annotations.unwrap_or_default(),
+                    }
                 }))
             })
             .await
     }
 
-    /// One GET on the object's REST path, with the body bounded and the status mapped.
+    /// One GET on the object's REST path.
     async fn get<T: DeserializeOwned>(
         &self,
         resource: &str,
         kind: &'static str,
         key: &ObjectKey,
+    ) -> Result<T, LookupError> {
+        let path = format!("/api/v1/namespaces/{}/{resource}", key.namespace);
+        let request = kube::core::Request::new(path)
+            .get(&key.name, &GetParams::default())
+            .map_err(|e| LookupError::Malformed {
+                kind,
+                object: key.to_string(),
+                problem: format!("invalid name: {e}"),
+            })?;
+        self.send(request.map(kube::client::Body::from), kind, key, &[200])
+            .await
+    }
+
+    /// One API call about `key`, with the body bounded, the time bounded and the status
+    /// mapped; `ok` lists the statuses whose body is the answer.
+    pub(super) async fn send<T: DeserializeOwned>(
+        &self,
+        request: http::Request<kube::client::Body>,
+        kind: &'static str,
+        key: &ObjectKey,
+        ok: &[u16],
     ) -> Result<T, LookupError> {
         let object = key.to_string();
         let unavailable = |problem: String| LookupError::Unavailable {
@@ -312,18 +362,10 @@ impl SecretStore {
             object: object.clone(),
             problem,
         };
-        let path = format!("/api/v1/namespaces/{}/{resource}", key.namespace);
-        let request = kube::core::Request::new(path)
-            .get(&key.name, &GetParams::default())
-            .map_err(|e| LookupError::Malformed {
-                kind,
-                object: object.clone(),
-                problem: format!("invalid name: {e}"),
-            })?;
         let fetch = async {
             let response = self
                 .client
-                .send(request.map(kube::client::Body::from))
+                .send(request)
                 .await
                 .map_err(|e| unavailable(e.to_string()))?;
             let status = response.status();
@@ -352,14 +394,16 @@ impl SecretStore {
                     humantime::format_duration(self.options.request_timeout)
                 ))
             })??;
-        tracing::debug!(kind, object = %key, status = status.as_u16(), "read from the API server");
+        tracing::debug!(kind, object = %key, status = status.as_u16(), "called the API server");
         match status.as_u16() {
-            200 => serde_json::from_slice(&body).map_err(|e| LookupError::Malformed {
-                kind,
-                object: object.clone(),
-                // Only the position: serde's message could quote secret data.
-                problem: format!("invalid JSON at line {}, column {}", e.line(), e.column()),
-            }),
+            code if ok.contains(&code) => {
+                serde_json::from_slice(&body).map_err(|e| LookupError::Malformed {
+                    kind,
+                    object: object.clone(),
+                    // Only the position: serde's message could quote secret data.
+                    problem: format!("invalid JSON at line {}, column {}", e.line(), e.column()),
+                })
+            }
             404 => Err(LookupError::NotFound { kind, object }),
             401 | 403 => Err(LookupError::Forbidden { kind, object }),
             other => Err(unavailable(format!("API server answered HTTP {other}"))),

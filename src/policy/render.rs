@@ -1,6 +1,10 @@
 //! The policy's words: the deny message, the warnings and the audit annotation, each bounded
-//! (Kubernetes truncates warnings longer than 256 characters and caps their total, and deny
-//! messages end up in events and terminals), with control characters from registries removed.
+//! (deny messages end up in events and terminals), with control characters from registries
+//! removed. kube-apiserver passes every warning on whole while all of a response's warnings
+//! fit in 4096 characters; past that it cuts each to 256 and then drops the rest. So warnings
+//! may be long where they need to be, and are kept within that total here. A line that must be
+//! cut loses the middle of its long URLs first, then its middle, never its end, where the
+//! registry's own words are.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,11 +17,22 @@ use crate::probe::Verdict;
 
 const PREFIX: &str = "pullgate: ";
 
-/// The apiserver may truncate longer warnings.
-pub(super) const MAX_WARNING_CHARS: usize = 256;
+/// Longest warning: long enough for a registry's message after a presigned URL.
+pub(super) const MAX_WARNING_CHARS: usize = 1024;
 
-/// The apiserver caps all warnings at 4096 characters; past this many, the rest are counted.
+/// All of one response's warnings together, below the apiserver's 4096 (the review's other
+/// warnings, such as a credential provider's, share it).
+pub(super) const WARNINGS_BUDGET: usize = 3072;
+
+/// What the apiserver cuts each warning to once the total is over 4096: below that, a line
+/// keeps nothing useful.
+const MIN_WARNING_CHARS: usize = 256;
+
+/// Warnings listed at most; past this many, the rest are counted.
 pub(super) const MAX_WARNINGS: usize = 12;
+
+/// A URL longer than this is shown with its middle cut.
+const MAX_URL_CHARS: usize = 96;
 
 /// Images listed in a deny message; the rest are counted.
 const MAX_LISTED: usize = 20;
@@ -50,11 +65,21 @@ pub(super) fn deny_message(denied: &[&Finding], total: usize) -> String {
 }
 
 pub(super) fn warnings(warned: &[&Finding]) -> Vec<String> {
-    let mut lines: Vec<String> = warned
+    let listed = warned.len().min(MAX_WARNINGS);
+    let full: Vec<String> = warned[..listed]
         .iter()
-        .take(MAX_WARNINGS)
-        .map(|f| shorten(format!("{PREFIX}{}", describe(f)), MAX_WARNING_CHARS))
+        .map(|f| format!("{PREFIX}{}", describe(f)))
         .collect();
+    // Each line gets an equal share of the budget, and no more than it needs: short lines
+    // leave their share to long ones.
+    let mut lines = Vec::with_capacity(listed + 1);
+    let mut left = WARNINGS_BUDGET;
+    for (i, line) in full.into_iter().enumerate() {
+        let share = (left / (listed - i)).clamp(MIN_WARNING_CHARS, MAX_WARNING_CHARS);
+        let line = shorten(line, share);
+        left = left.saturating_sub(line.chars().count());
+        lines.push(line);
+    }
     if warned.len() > MAX_WARNINGS {
         let more = count(warned.len() - MAX_WARNINGS, "more image");
         lines.push(format!("{PREFIX}{more} with problems not listed"));
@@ -162,12 +187,56 @@ fn clean(text: &str) -> String {
         .collect()
 }
 
-/// `text` cut to at most `max` characters, ending in an ellipsis when cut.
-fn shorten(text: String, max: usize) -> String {
-    if text.chars().count() <= max {
+/// `text` in at most `max` characters: long URLs lose their middle always (a presigned URL's
+/// signature helps no one), then the text
+/// loses its middle (keeping its start, which says where and what, and its end, which is the
+/// registry's answer), with `…` where something was cut.
+pub(super) fn shorten(text: String, max: usize) -> String {
+    let text = if text.contains("://") {
+        shorten_urls(&text)
+    } else {
+        text
+    };
+    let len = text.chars().count();
+    if len <= max {
         return text;
     }
-    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    let keep = max.saturating_sub(1);
+    let head = keep * 2 / 5;
+    let tail = keep - head;
+    let mut cut: String = text.chars().take(head).collect();
     cut.push('…');
+    cut.extend(text.chars().skip(len - tail));
     cut
+}
+
+/// Each `http://` or `https://` word longer than [`MAX_URL_CHARS`] with its middle (the
+/// signature of a presigned URL, usually) replaced by `…`.
+fn shorten_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest
+        .find("http://")
+        .into_iter()
+        .chain(rest.find("https://"))
+        .min()
+    {
+        out.push_str(&rest[..at]);
+        let url_len = rest[at..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '>' | ')'))
+            .unwrap_or(rest.len() - at);
+        let url = &rest[at..at + url_len];
+        let chars = url.chars().count();
+        if chars > MAX_URL_CHARS {
+            let (head, tail) = (MAX_URL_CHARS / 2, MAX_URL_CHARS / 3);
+            out.extend(url.chars().take(head));
+            out.push('…');
+            out.extend(url.chars().skip(chars - tail));
+        } else {
+            out.push_str(url);
+        }
+        rest = &rest[at + url_len..];
+    }
+    out.push_str(rest);
+    out
 }

@@ -1,6 +1,6 @@
 //! The policy's decisions and texts.
 
-use super::render::{MAX_LINE_CHARS, MAX_WARNING_CHARS, MAX_WARNINGS, detail};
+use super::render::{MAX_LINE_CHARS, MAX_WARNING_CHARS, MAX_WARNINGS, WARNINGS_BUDGET, detail};
 use super::*;
 use crate::oci::digest::Digest;
 use crate::oci::reference::ImageRef;
@@ -330,9 +330,12 @@ fn detail_adds_what_the_reason_lacks() {
 }
 
 #[test]
-fn warnings_are_capped_at_256_characters() {
+fn a_long_warning_keeps_its_start_and_the_registrys_last_words() {
     let mut f = blocked_layer("quay.io/org/app:1");
-    f.registry_message = Some(format!("DENIED: {}", "very long explanation ".repeat(40)));
+    f.registry_message = Some(format!(
+        "DENIED: {}the end of the reason",
+        "very long explanation ".repeat(80)
+    ));
     let d = policy("mode: warn").decide("default", &[f]);
     let warning = &d.warnings[0];
     assert_eq!(warning.chars().count(), MAX_WARNING_CHARS);
@@ -340,10 +343,59 @@ fn warnings_are_capped_at_256_characters() {
         warning.starts_with("pullgate: container \"app\""),
         "{warning}"
     );
+    assert!(warning.contains("DENIED: very long"), "{warning}");
     assert!(
-        warning.contains("DENIED: very long") && warning.ends_with('…'),
+        warning.contains('…') && warning.ends_with("the end of the reason"),
         "{warning}"
     );
+}
+
+/// The case: a presigned redirect URL in front of the cause. The URL loses its
+/// middle, the cause stays whole.
+#[test]
+fn a_long_url_loses_its_middle_not_the_cause() {
+    let mut f = blocked_layer("quay.io/org/app:1");
+    f.verdict = Verdict::Unavailable;
+    f.failed_blob = None;
+    f.registry_message = None;
+    let url = format!(
+        "https://prod-registry-storage.s3.eu-west-1.amazonaws.com/docker/registry/v2/blobs/sha256/1a/data?X-Amz-Signature={}",
+        "f".repeat(300)
+    );
+    f.reason = format!(
+        "GET {url} failed: dns error: error resolving DNS: failed to lookup address information: Name or service not known"
+    );
+    let d = policy("mode: warn").decide("default", &[f]);
+    let warning = &d.warnings[0];
+    assert!(warning.chars().count() <= MAX_WARNING_CHARS, "{warning}");
+    assert!(
+        warning.ends_with("failed to lookup address information: Name or service not known"),
+        "{warning}"
+    );
+    assert!(
+        warning.contains("https://prod-registry-storage.s3"),
+        "{warning}"
+    );
+    assert!(!warning.contains(&"f".repeat(100)), "{warning}");
+}
+
+#[test]
+fn all_warnings_stay_within_what_the_apiserver_passes_whole() {
+    let findings: Vec<Finding> = (0..12)
+        .map(|i| {
+            let mut f = blocked_layer(&format!("quay.io/org/app{i}:1"));
+            f.registry_message = Some(format!("DENIED: {}", "long words ".repeat(200)));
+            f
+        })
+        .collect();
+    let d = policy("mode: warn").decide("default", &findings);
+    let total: usize = d.warnings.iter().map(|w| w.chars().count()).sum();
+    assert!(total <= WARNINGS_BUDGET, "{total}");
+    // Each still says which image and how it ends.
+    for (i, w) in d.warnings.iter().enumerate() {
+        assert!(w.contains(&format!("app{i}:1")), "{w}");
+        assert!(w.trim_end().ends_with("long words"), "{w}");
+    }
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 mod connection;
 mod intake;
+mod plain_http;
 mod routes;
 mod tls;
 mod tracker;
@@ -24,7 +25,7 @@ pub use tls::{CertFiles, CertStore, ClientCa, DevCertificate, TlsError};
 
 use crate::admission::{Reviewer, ReviewerConfig};
 use crate::credentials::CredentialProviders;
-use crate::credentials::{Keyring, SecretOptions, SecretStore};
+use crate::credentials::{Keyring, SecretOptions, SecretStore, ServiceAccountTokens};
 use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyError};
 use crate::probe::{CacheOptions, ManifestStore, PullBudgets, PullOptions};
@@ -74,6 +75,8 @@ pub struct Config {
     pub node_hosts: NodeHosts,
     /// The kubelet's credential-provider plugins (`--image-credential-provider-config`).
     pub credential_providers: CredentialProviders,
+    /// Request ServiceAccount tokens for the providers with `tokenAttributes` (needs `kube`).
+    pub provider_service_account_tokens: bool,
     /// How often the policy and certificate files are checked for changes.
     pub reload_interval: Duration,
     /// Largest AdmissionReview body accepted.
@@ -117,6 +120,7 @@ impl Default for Config {
             node_keyring: Keyring::default(),
             node_hosts: NodeHosts::default(),
             credential_providers: CredentialProviders::default(),
+            provider_service_account_tokens: false,
             reload_interval: Duration::from_secs(10),
             max_body_bytes: 8 * 1024 * 1024,
             shutdown_delay: Duration::from_secs(5),
@@ -148,6 +152,8 @@ pub enum ServerError {
     Policy(#[from] ReloadError<PolicyError>),
     #[error("registry client: {0}")]
     Registry(#[from] ClientError),
+    #[error("service-account tokens for credential providers need a Kubernetes API client")]
+    TokensWithoutApi,
 }
 
 /// Runs the webhook until `shutdown` resolves, then drains: readiness turns false, serving
@@ -157,6 +163,18 @@ pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    run_announced(config, listeners, shutdown, || {}).await
+}
+
+/// [`run`], calling `announce` once the whole configuration (certificates, client CA, policy,
+/// registry client) has loaded and just before serving starts, so that nothing is announced
+/// for a configuration that then fails.
+pub async fn run_announced(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+    announce: impl FnOnce(),
 ) -> Result<(), ServerError> {
     let certs = Arc::new(match config.tls {
         TlsSource::Files(files) => CertStore::from_files(files)?,
@@ -184,12 +202,18 @@ pub async fn run(
     }
     let metrics = Arc::new(Metrics::new());
     let registry = RegistryClient::with_observer(config.registry, metrics.request_observer())?;
+    let secrets = config
+        .kube
+        .map(|client| SecretStore::new(client, config.secrets));
+    let mut providers = config.credential_providers;
+    if config.provider_service_account_tokens {
+        let store = secrets.clone().ok_or(ServerError::TokensWithoutApi)?;
+        providers = providers.with_service_account_tokens(ServiceAccountTokens::new(store));
+    }
     let app = Arc::new(App {
         reviewer: Reviewer::new(ReviewerConfig {
             registry,
-            secrets: config
-                .kube
-                .map(|client| SecretStore::new(client, config.secrets)),
+            secrets,
             node: Arc::new(config.node_keyring),
             cache: config.cache,
             policy: policy.clone(),
@@ -199,13 +223,14 @@ pub async fn run(
             budgets: PullBudgets::new(config.pulls.reserve_percent),
             rules: config.node_hosts.platform_rules(),
             hosts: Arc::new(config.node_hosts),
-            providers: config.credential_providers,
+            providers,
         }),
         metrics: metrics.clone(),
         budget: config.review_budget,
         intake: Intake::new(config.max_body_bytes, config.reviews_memory),
         ready: AtomicBool::new(true),
     });
+    announce();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |rx: &watch::Receiver<bool>| {
@@ -266,7 +291,7 @@ pub async fn run(
     let mut connections = connection::accept_until(
         listeners.webhook,
         Tracker::new("webhook", config.connections, metrics),
-        move |tcp| acceptor.accept(tcp),
+        move |tcp| plain_http::accept(acceptor.clone(), tcp),
         webhook_router(app.clone()),
         drain_rx,
         until_shutdown,

@@ -126,15 +126,45 @@ async fn validate(
         }
         Err(invalid) => {
             app.metrics.review("unknown", "error", started.elapsed());
+            // The reason names what was wrong (size, time, JSON position, missing field), never
+            // the object's content.
+            tracing::warn!(
+                peer = %peer,
+                reason = %without_quoted(&invalid.result.message),
+                "invalid admission request"
+            );
             *invalid
         }
     };
     axum::Json(response.into_review()).into_response()
 }
 
+/// `message` with every double-quoted part (where a JSON parser quotes a value it could not
+/// use) replaced by `"…"`: a log line must not carry an object's content.
+fn without_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for (i, part) in message.split('"').enumerate() {
+        if i % 2 == 0 {
+            out.push_str(part);
+        } else {
+            out.push_str("\"…\"");
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoted_values_are_left_out_of_logs() {
+        assert_eq!(
+            without_quoted(r#"invalid type: string "hunter2", expected a map at line 1 column 9"#),
+            r#"invalid type: string "…", expected a map at line 1 column 9"#
+        );
+        assert_eq!(without_quoted("no quotes"), "no quotes");
+    }
 
     #[test]
     fn the_apiservers_timeout_shortens_the_budget_with_a_margin() {

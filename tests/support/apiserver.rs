@@ -1,6 +1,8 @@
 //! A stand-in for kube-apiserver: genuine Kubernetes JSON for Secrets and ServiceAccounts on
-//! their real REST paths, over TLS, with the 404 and 403 `Status` bodies the real server sends.
-//! Tests change objects while it runs and count the calls it gets.
+//! their real REST paths, over TLS, with the 404 and 403 `Status` bodies the real server sends,
+//! and the TokenRequest subresource (`POST .../serviceaccounts/{name}/token`) issuing tokens
+//! the tests can trace back to their ServiceAccount. Tests change objects while it runs and
+//! count the calls it gets.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +40,9 @@ struct ApiState {
     delay: Mutex<Option<Duration>>,
     calls: Mutex<Vec<String>>,
     resource_version: AtomicU64,
+    /// Every TokenRequest body received, with its namespace and ServiceAccount.
+    token_requests: Mutex<Vec<(String, String, Value)>>,
+    tokens_issued: AtomicU64,
 }
 
 impl ApiServer {
@@ -47,6 +52,10 @@ impl ApiServer {
             .route(
                 "/api/v1/namespaces/{namespace}/{resource}/{name}",
                 axum::routing::get(get_object),
+            )
+            .route(
+                "/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+                axum::routing::post(create_token),
             )
             .fallback(|| async {
                 status(
@@ -124,11 +133,28 @@ impl ApiServer {
     }
 
     pub fn put_service_account(&self, namespace: &str, name: &str, pull_secrets: &[&str]) {
+        self.put_annotated_service_account(namespace, name, pull_secrets, &[]);
+    }
+
+    pub fn put_annotated_service_account(
+        &self,
+        namespace: &str,
+        name: &str,
+        pull_secrets: &[&str],
+        annotations: &[(&str, &str)],
+    ) {
         let mut object = json!({
             "kind": "ServiceAccount",
             "apiVersion": "v1",
             "metadata": self.metadata(namespace, name),
         });
+        if !annotations.is_empty() {
+            object["metadata"]["annotations"] = annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+        }
         if !pull_secrets.is_empty() {
             object["imagePullSecrets"] = pull_secrets.iter().map(|n| json!({"name": n})).collect();
         }
@@ -158,6 +184,20 @@ impl ApiServer {
 
     pub fn set_delay(&self, delay: Option<Duration>) {
         *self.state.delay.lock().unwrap() = delay;
+    }
+
+    /// The UID the server gave `namespace/name` of `resource`.
+    pub fn uid(&self, resource: &str, namespace: &str, name: &str) -> String {
+        self.state.objects.lock().unwrap()[&(resource.into(), namespace.into(), name.into())]
+            ["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Every TokenRequest received: namespace, ServiceAccount and the request body.
+    pub fn token_requests(&self) -> Vec<(String, String, Value)> {
+        self.state.token_requests.lock().unwrap().clone()
     }
 
     /// Every request path, in arrival order.
@@ -248,6 +288,75 @@ async fn get_object(
             Some(details),
         ),
     }
+}
+
+/// The TokenRequest subresource as kube-apiserver answers it: 404 for an unknown
+/// ServiceAccount, 409 when `metadata.uid` is not the account's (the UID precondition), else 201
+/// with the request's spec and a token `sa-token.<namespace>.<name>.<n>` in `status`.
+async fn create_token(
+    State(state): State<Arc<ApiState>>,
+    Path((namespace, name)): Path<(String, String)>,
+    Json(body): Json<Value>,
+) -> Response {
+    state.calls.lock().unwrap().push(format!(
+        "/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token"
+    ));
+    state
+        .token_requests
+        .lock()
+        .unwrap()
+        .push((namespace.clone(), name.clone(), body.clone()));
+    let details = json!({"name": name, "kind": "serviceaccounts"});
+    let account = state
+        .objects
+        .lock()
+        .unwrap()
+        .get(&(
+            "serviceaccounts".to_owned(),
+            namespace.clone(),
+            name.clone(),
+        ))
+        .cloned();
+    let Some(account) = account else {
+        return status(
+            404,
+            "NotFound",
+            &format!("serviceaccounts \"{name}\" not found"),
+            Some(details),
+        );
+    };
+    let uid = account["metadata"]["uid"].as_str().unwrap_or_default();
+    if let Some(asked) = body["metadata"]["uid"].as_str()
+        && asked != uid
+    {
+        return status(
+            409,
+            "Conflict",
+            &format!(
+                "Operation cannot be fulfilled on serviceaccounts \"{name}\": the UID in the precondition ({asked}) does not match the UID in record ({uid}). The object might have been deleted and then recreated"
+            ),
+            Some(details),
+        );
+    }
+    let n = state.tokens_issued.fetch_add(1, Ordering::Relaxed) + 1;
+    let seconds = body["spec"]["expirationSeconds"].as_i64().unwrap_or(3600);
+    let expires = std::time::SystemTime::now() + Duration::from_secs(seconds as u64);
+    let expires = humantime::format_rfc3339_seconds(expires).to_string();
+    let answer = json!({
+        "kind": "TokenRequest",
+        "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"name": name, "namespace": namespace, "creationTimestamp": null},
+        "spec": {
+            "audiences": body["spec"]["audiences"].clone(),
+            "expirationSeconds": seconds,
+            "boundObjectRef": body["spec"]["boundObjectRef"].clone(),
+        },
+        "status": {
+            "token": format!("sa-token.{namespace}.{name}.{n}"),
+            "expirationTimestamp": expires,
+        }
+    });
+    (StatusCode::CREATED, Json(answer)).into_response()
 }
 
 /// A `meta/v1` Status, the body kube-apiserver sends with every error.

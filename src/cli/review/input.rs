@@ -3,13 +3,13 @@
 //! skipped with the reason.
 
 use std::fmt;
-use std::path::PathBuf;
 
 use kube::core::GroupVersionKind;
 use kube::core::admission::Operation;
 use serde_json::Value;
 
 use super::ReviewError;
+use super::sources::Source;
 use crate::admission::Kind;
 use crate::admission::request::AdmissionRequest;
 use crate::admission::workload::{self, ImageUse, RequestParts, Workload, WorkloadError};
@@ -378,27 +378,30 @@ fn add_object(
 }
 
 /// Reads every `-f` file (`-` is standard input) into one [`Input`].
-pub(super) fn read_files(files: &[PathBuf], namespace: &str) -> Result<Input, ReviewError> {
+pub(super) fn read_files(sources: &[Source], namespace: &str) -> Result<Input, ReviewError> {
     let mut input = Input::default();
     let mut stdin_read = false;
-    for path in files {
-        let (file, bytes) = if path.as_os_str() == "-" {
-            if std::mem::replace(&mut stdin_read, true) {
-                return Err(ReviewError::StdinTwice);
+    for source in sources {
+        let (file, bytes) = match source {
+            Source::Stdin => {
+                if std::mem::replace(&mut stdin_read, true) {
+                    return Err(ReviewError::StdinTwice);
+                }
+                (
+                    STDIN.to_owned(),
+                    read_limited(std::io::stdin().lock(), MAX_INPUT_BYTES, STDIN)?,
+                )
             }
-            (
-                STDIN.to_owned(),
-                read_limited(std::io::stdin().lock(), MAX_INPUT_BYTES, STDIN)?,
-            )
-        } else {
-            let file = path.display().to_string();
-            let bytes = std::fs::File::open(path)
-                .map_err(|source| ReadError::Io {
-                    what: file.clone(),
-                    source,
-                })
-                .and_then(|opened| read_limited(opened, MAX_INPUT_BYTES, &file))?;
-            (file, bytes)
+            Source::File(path) => {
+                let file = path.display().to_string();
+                let bytes = std::fs::File::open(path)
+                    .map_err(|source| ReadError::Io {
+                        what: file.clone(),
+                        source,
+                    })
+                    .and_then(|opened| read_limited(opened, MAX_INPUT_BYTES, &file))?;
+                (file, bytes)
+            }
         };
         read_input(&file, &bytes, namespace, &mut input)?;
     }

@@ -11,6 +11,7 @@
 
 mod input;
 mod output;
+mod sources;
 #[cfg(test)]
 mod tests;
 
@@ -40,12 +41,14 @@ use output::{Reviewed, printable, qualified, write_text};
 #[derive(Debug, Args)]
 pub struct ReviewArgs {
     /// Manifests or AdmissionReviews to review: YAML or JSON, one or many documents
-    /// (`---`), `kind: List` included; `-` reads standard input. Repeatable.
+    /// (`---`), `kind: List` included; `-` reads standard input; a directory is read
+    /// recursively (its .yaml, .yml and .json files). Repeatable, or comma-separated (also in
+    /// the environment variable).
     #[arg(
         short = 'f',
         long = "filename",
         alias = "file",
-        value_name = "FILE",
+        value_name = "FILE|DIR|-",
         required = true,
         value_delimiter = ',',
         env = "PULLGATE_REVIEW_FILES"
@@ -66,6 +69,10 @@ pub struct ReviewArgs {
     /// Print JSON instead of text.
     #[arg(long, env = "PULLGATE_JSON")]
     pub json: bool,
+    /// Succeed when the input holds no workload pullgate reviews; without it that is an error
+    /// (exit 2), so an empty `helm template | pullgate review -f -` does not pass silently.
+    #[arg(long, env = "PULLGATE_ALLOW_EMPTY")]
+    pub allow_empty: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
     /// Deadline for each workload's review (e.g. 10s, 1m); an image not probed by then gets
@@ -95,12 +102,31 @@ pub enum ReviewError {
     },
     #[error("standard input (-f -) can be read only once")]
     StdinTwice,
+    #[error("cannot read directory {dir}: {source}")]
+    Directory {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("more than {limit} files to read: name the manifests' directory, not a whole tree")]
+    TooManyFiles { limit: usize },
+    #[error(
+        "no workloads to review in {inputs} (no Pod or pod controller found); --allow-empty accepts that"
+    )]
+    NoWorkloads { inputs: String },
     #[error(transparent)]
     Policy(#[from] PolicyError),
     #[error(transparent)]
     Setup(#[from] SetupError),
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
+}
+
+impl ReviewError {
+    /// The output's reader went away: stop quietly.
+    pub fn is_closed_output(&self) -> bool {
+        matches!(self, ReviewError::Output(e) if super::is_closed_pipe(e))
+    }
 }
 
 /// The decision for one entry, within `budget`.
@@ -117,13 +143,19 @@ async fn decide(
 }
 
 /// Runs `pullgate review`: exit 0 when every workload is admitted (warnings included), 1 when
-/// any is refused; errors are exit 2.
+/// any is refused; errors (no workload found included, unless `--allow-empty`) are exit 2.
 pub async fn run(args: ReviewArgs) -> Result<ExitCode, ReviewError> {
     let policy = match &args.policy {
         Some(path) => Policy::load(path)?,
         None => Policy::default(),
     };
-    let input = read_files(&args.files, &args.namespace)?;
+    let input = read_files(&sources::expand(&args.files)?, &args.namespace)?;
+    if input.entries.is_empty() && !args.allow_empty {
+        let inputs: Vec<String> = args.files.iter().map(|f| f.display().to_string()).collect();
+        return Err(ReviewError::NoWorkloads {
+            inputs: inputs.join(", "),
+        });
+    }
     let policy = Arc::new(Reloading::fixed("policy", policy));
     let hosts = args.registry.node_hosts()?;
     let reviewer = Reviewer::new(ReviewerConfig {
@@ -143,22 +175,22 @@ pub async fn run(args: ReviewArgs) -> Result<ExitCode, ReviewError> {
     let policy = policy.current();
 
     for skipped in &input.skipped {
-        eprintln!(
-            "pullgate: {}: skipped {} {} ({}): not a kind pullgate reviews",
+        super::say(format_args!(
+            "{}: skipped {} {} ({}): not a kind pullgate reviews",
             skipped.origin,
             printable(&skipped.kind),
             printable(&qualified("", &skipped.name)),
             printable(&skipped.api_version),
-        );
+        ));
     }
     if input.entries.iter().any(|e| e.subject.names_pull_secrets) {
-        eprintln!(
-            "pullgate: imagePullSecrets cannot be read without a cluster: only --docker-config \
+        super::say(format_args!(
+            "imagePullSecrets cannot be read without a cluster: only --docker-config \
              credentials are used, so the cluster's answer may differ"
-        );
+        ));
     }
     if input.entries.is_empty() {
-        eprintln!("pullgate: no workloads to review");
+        super::say(format_args!("no workloads to review (--allow-empty)"));
     }
 
     let outcomes = join_all(

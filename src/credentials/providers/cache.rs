@@ -18,6 +18,7 @@ use moka::Expiry;
 use moka::sync::Cache;
 use tokio::time::Instant;
 
+use super::account::{Scope, scoped};
 use super::exec::CacheKeyType;
 use crate::credentials::DockerConfig;
 
@@ -84,19 +85,25 @@ impl AuthCache {
         }
     }
 
-    /// The kept answer for `image`, else the run in flight for it, else the run `start` makes.
-    pub(super) fn find_or_start(&self, image: &str, start: impl FnOnce() -> SharedRun) -> Found {
+    /// The kept answer for `image` within `scope`, else the run in flight for it, else the run
+    /// `start` makes.
+    pub(super) fn find_or_start(
+        &self,
+        image: &str,
+        scope: &Scope,
+        start: impl FnOnce() -> SharedRun,
+    ) -> Found {
         let mut in_flight = self
             .in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         for key in [image, registry_of(image), GLOBAL_KEY] {
-            if let Some(config) = self.get(key) {
+            if let Some(config) = self.get(&scoped(key, &scope.cache)) {
                 return Found::Cached(config);
             }
         }
         let run = in_flight
-            .entry(image.to_owned())
+            .entry(scoped(image, &scope.flight))
             .or_insert_with(start)
             .clone();
         Found::Running(run)
@@ -107,6 +114,7 @@ impl AuthCache {
     pub(super) fn finish(
         &self,
         image: &str,
+        scope: &Scope,
         keep: Option<(CacheKeyType, Arc<DockerConfig>, Duration)>,
     ) {
         let mut in_flight = self
@@ -117,7 +125,7 @@ impl AuthCache {
             let now = Instant::now();
             let expires_at = now.checked_add(ttl).unwrap_or_else(|| now + MAX_TTL);
             self.entries.insert(
-                cache_key(key_type, image).to_owned(),
+                scoped(cache_key(key_type, image), &scope.cache),
                 Arc::new(Entry {
                     config,
                     expires_at,
@@ -125,7 +133,7 @@ impl AuthCache {
                 }),
             );
         }
-        in_flight.remove(image);
+        in_flight.remove(&scoped(image, &scope.flight));
     }
 
     fn get(&self, key: &str) -> Option<Arc<DockerConfig>> {
@@ -166,7 +174,7 @@ mod tests {
     }
 
     fn cached(cache: &AuthCache, image: &str) -> Option<String> {
-        match cache.find_or_start(image, never) {
+        match cache.find_or_start(image, &Scope::default(), never) {
             Found::Cached(c) => Some(c.source().to_owned()),
             Found::Running(_) => None,
         }
@@ -188,9 +196,14 @@ mod tests {
         let hour = Duration::from_secs(3600);
         cache.finish(
             "r.io/a",
+            &Scope::default(),
             Some((CacheKeyType::Registry, config("reg"), hour)),
         );
-        cache.finish("s.io/a", Some((CacheKeyType::Image, config("img"), hour)));
+        cache.finish(
+            "s.io/a",
+            &Scope::default(),
+            Some((CacheKeyType::Image, config("img"), hour)),
+        );
         assert_eq!(cached(&cache, "r.io/b").as_deref(), Some("reg"));
         assert_eq!(cached(&cache, "s.io/a").as_deref(), Some("img"));
         assert_eq!(cached(&cache, "s.io/b"), None);
@@ -207,13 +220,19 @@ mod tests {
         let hour = Duration::from_secs(3600);
         cache.finish(
             "x.io/a",
+            &Scope::default(),
             Some((CacheKeyType::Global, config("global"), hour)),
         );
         cache.finish(
             "r.io/a",
+            &Scope::default(),
             Some((CacheKeyType::Registry, config("reg"), hour)),
         );
-        cache.finish("r.io/a", Some((CacheKeyType::Image, config("img"), hour)));
+        cache.finish(
+            "r.io/a",
+            &Scope::default(),
+            Some((CacheKeyType::Image, config("img"), hour)),
+        );
         assert_eq!(cached(&cache, "r.io/a").as_deref(), Some("img"));
         assert_eq!(cached(&cache, "r.io/b").as_deref(), Some("reg"));
         assert_eq!(cached(&cache, "q.io/b").as_deref(), Some("global"));
@@ -224,15 +243,15 @@ mod tests {
         let cache = AuthCache::new();
         let mut started = 0;
         for _ in 0..3 {
-            let found = cache.find_or_start("r.io/a", || {
+            let found = cache.find_or_start("r.io/a", &Scope::default(), || {
                 started += 1;
                 never()
             });
             assert!(matches!(found, Found::Running(_)));
         }
         assert_eq!(started, 1);
-        cache.finish("r.io/a", None);
-        cache.find_or_start("r.io/a", || {
+        cache.finish("r.io/a", &Scope::default(), None);
+        cache.find_or_start("r.io/a", &Scope::default(), || {
             started += 1;
             never()
         });

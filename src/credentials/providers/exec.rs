@@ -7,6 +7,7 @@
 //! an error or a log line: plugins have printed tokens on either stream. Errors give the exit
 //! status, the byte counts, and for a response that does not decode, only the position.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -18,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::time::Instant;
 
+use super::account::Identity;
 use super::config::EnvVar;
 use super::duration::GoDuration;
 use super::validate::PluginApiVersion;
@@ -121,9 +123,14 @@ const RESPONSE_KIND: &str = "CredentialProviderResponse";
 
 impl Plugin {
     /// kubelet's `ExecPlugin`, with `deadline` in place of its one-minute context.
-    pub(super) async fn run(&self, image: &str, deadline: Instant) -> Result<Response, RunError> {
+    pub(super) async fn run(
+        &self,
+        image: &str,
+        identity: Option<&Identity>,
+        deadline: Instant,
+    ) -> Result<Response, RunError> {
         let started = Instant::now();
-        let request = request_json(self.api_version, image);
+        let request = request_json(self.api_version, image, identity);
         let mut command = Command::new(&self.path);
         command
             .args(&self.args)
@@ -179,19 +186,31 @@ impl Plugin {
     }
 }
 
-/// The request as the kubelet encodes it: `kind`, `apiVersion`, `image`, and a newline.
-fn request_json(api_version: PluginApiVersion, image: &str) -> Vec<u8> {
+/// The request as the kubelet encodes it: `kind`, `apiVersion`, `image`, for a provider with
+/// `tokenAttributes` the `serviceAccountToken` and `serviceAccountAnnotations` (each left out
+/// when empty), and a newline.
+fn request_json(
+    api_version: PluginApiVersion,
+    image: &str,
+    identity: Option<&Identity>,
+) -> Vec<u8> {
     #[derive(serde::Serialize)]
     #[serde(rename_all = "camelCase")]
     struct Request<'a> {
         kind: &'static str,
         api_version: &'static str,
         image: &'a str,
+        #[serde(skip_serializing_if = "str::is_empty")]
+        service_account_token: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        service_account_annotations: Option<&'a BTreeMap<String, String>>,
     }
     let request = Request {
         kind: REQUEST_KIND,
         api_version: api_version.as_str(),
         image,
+        service_account_token: identity.map_or("", |i| i.token.expose()),
+        service_account_annotations: identity.map(|i| &i.annotations).filter(|a| !a.is_empty()),
     };
     let mut bytes = serde_json::to_vec(&request).expect("a struct of strings serialises");
     bytes.push(b'\n');
@@ -361,8 +380,24 @@ mod tests {
     #[test]
     fn the_request_is_what_the_kubelet_writes() {
         assert_eq!(
-            String::from_utf8(request_json(V1, "registry.io/app")).unwrap(),
+            String::from_utf8(request_json(V1, "registry.io/app", None)).unwrap(),
             "{\"kind\":\"CredentialProviderRequest\",\"apiVersion\":\"credentialprovider.kubelet.k8s.io/v1\",\"image\":\"registry.io/app\"}\n"
+        );
+    }
+
+    #[test]
+    fn a_token_request_carries_the_token_and_the_annotations_sent() {
+        use super::super::account::{Identity, Scope};
+        let mut annotations = BTreeMap::new();
+        annotations.insert("example.com/role".to_owned(), "reader".to_owned());
+        let identity = Identity {
+            token: crate::credentials::tokens::AccountToken::new("eyJ.t".to_owned()),
+            annotations,
+            scope: Scope::default(),
+        };
+        assert_eq!(
+            String::from_utf8(request_json(V1, "registry.io/app", Some(&identity))).unwrap(),
+            "{\"kind\":\"CredentialProviderRequest\",\"apiVersion\":\"credentialprovider.kubelet.k8s.io/v1\",\"image\":\"registry.io/app\",\"serviceAccountToken\":\"eyJ.t\",\"serviceAccountAnnotations\":{\"example.com/role\":\"reader\"}}\n"
         );
     }
 

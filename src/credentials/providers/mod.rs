@@ -15,11 +15,12 @@
 //! not accept) gives no credentials, and the image is tried with what the others gave; here the
 //! failure is also returned, so a review can say why.
 //!
-//! Not done yet: `tokenAttributes` (KEP-4412, the pod's service-account token sent to the
-//! plugin). Such a provider is validated like the kubelet validates it, but for the images it
-//! matches it is skipped with a [`ProviderFailure`] saying it needs the pod's service-account
-//! token; pullgate does not request tokens (TokenRequest) for now.
+//! Providers with `tokenAttributes` (KEP-4412) are sent a token of the workload's
+//! ServiceAccount when pullgate may request one ([`CredentialProviders::with_service_account_tokens`],
+//! off by default); `account.rs` follows the kubelet's rules for them, and keeps every answer
+//! and every run within one ServiceAccount.
 
+mod account;
 mod cache;
 mod config;
 mod duration;
@@ -38,11 +39,13 @@ use futures_util::future::join_all;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use self::account::{Identity, Plan, Scope, TokenAttrs, TokenCacheType};
 use self::cache::{AuthCache, Found};
 use self::duration::GoDuration;
 use self::exec::{PLUGIN_TIMEOUT, Plugin, Response};
 use super::keyring::urls_match_str;
-use super::{DockerConfig, Keyring};
+use super::tokens::PodAccount;
+use super::{DockerConfig, Keyring, ServiceAccountTokens};
 use crate::io::ReadError;
 use crate::registry::Credential;
 
@@ -116,6 +119,8 @@ pub struct Provided {
 #[derive(Clone, Default)]
 pub struct CredentialProviders {
     providers: Vec<Arc<Provider>>,
+    /// Where providers with `tokenAttributes` get their tokens; `None` skips them.
+    tokens: Option<ServiceAccountTokens>,
 }
 
 impl fmt::Debug for CredentialProviders {
@@ -152,7 +157,7 @@ impl CredentialProviders {
             let path = bin_dir.join(&spec.name);
             check_executable(&path)?;
             providers.push(Arc::new(Provider {
-                needs_token: spec.token_attributes.is_some(),
+                token: spec.token_attributes.map(TokenAttrs::from_doc),
                 plugin: Plugin {
                     path,
                     api_version: spec.api_version,
@@ -166,11 +171,30 @@ impl CredentialProviders {
                 runs: Semaphore::new(MAX_CONCURRENT_RUNS),
             }));
         }
-        Ok(CredentialProviders { providers })
+        Ok(CredentialProviders {
+            providers,
+            tokens: None,
+        })
+    }
+
+    /// Lets providers with `tokenAttributes` be sent a token of the workload's ServiceAccount,
+    /// requested through `tokens` (which needs `create` on `serviceaccounts/token`).
+    pub fn with_service_account_tokens(mut self, tokens: ServiceAccountTokens) -> Self {
+        self.tokens = Some(tokens);
+        self
     }
 
     pub fn is_empty(&self) -> bool {
         self.providers.is_empty()
+    }
+
+    /// The names of the providers that send their plugin a service-account token.
+    pub fn token_providers(&self) -> Vec<&str> {
+        self.providers
+            .iter()
+            .filter(|p| p.token.is_some())
+            .map(|p| p.name.as_str())
+            .collect()
     }
 
     /// What the plugins give for `image`, providers asked concurrently but combined in config
@@ -181,14 +205,28 @@ impl CredentialProviders {
     /// Asks still waiting at `deadline` give a failure; a plugin run started for an ask runs on
     /// (to the earlier of its starter's deadline and the kubelet's one minute) and its answer is
     /// kept for later asks.
-    pub async fn credentials(&self, image: &str, deadline: std::time::Instant) -> Provided {
+    ///
+    /// `account` is the workload's ServiceAccount, for providers with `tokenAttributes`; `None`
+    /// where there is no pod (`pullgate check`).
+    pub async fn credentials(
+        &self,
+        image: &str,
+        account: Option<&PodAccount>,
+        deadline: std::time::Instant,
+    ) -> Provided {
         if self.providers.is_empty() {
             return Provided::default();
         }
         // Measured from now, so it holds on tokio's clock too, which tests may have moved.
         let deadline =
             Instant::now() + deadline.saturating_duration_since(std::time::Instant::now());
-        let answers = join_all(self.providers.iter().map(|p| p.provide(image, deadline))).await;
+        let tokens = self.tokens.as_ref();
+        let answers = join_all(
+            self.providers
+                .iter()
+                .map(|p| p.provide(image, account, tokens, deadline)),
+        )
+        .await;
         let mut keyring = Keyring::default();
         let mut failures = Vec::new();
         for (provider, answer) in self.providers.iter().zip(answers) {
@@ -250,17 +288,21 @@ struct Provider {
     name: String,
     match_images: Vec<String>,
     default_cache_duration: GoDuration,
-    needs_token: bool,
+    /// `tokenAttributes`, for a provider whose plugin is sent a service-account token.
+    token: Option<TokenAttrs>,
     plugin: Plugin,
     cache: AuthCache,
     runs: Semaphore,
 }
 
 impl Provider {
-    /// kubelet's `pluginProvider.provide`: `None` for an image outside `matchImages`.
+    /// kubelet's `pluginProvider.provide`: `None` for an image outside `matchImages`, or when
+    /// the kubelet would not run the plugin for this ServiceAccount.
     async fn provide(
         self: &Arc<Self>,
         image: &str,
+        account: Option<&PodAccount>,
+        tokens: Option<&ServiceAccountTokens>,
         deadline: Instant,
     ) -> Result<Option<Arc<DockerConfig>>, Arc<str>> {
         // isImageAllowed
@@ -271,15 +313,29 @@ impl Provider {
         {
             return Ok(None);
         }
-        if self.needs_token {
-            return Err(Arc::from(
-                "needs the pod's service-account token (tokenAttributes), which pullgate does not request yet",
-            ));
-        }
-        let run = match self
-            .cache
-            .find_or_start(image, || self.start(image, deadline))
-        {
+        let identity = match &self.token {
+            None => None,
+            Some(attrs) => {
+                let plan = tokio::time::timeout_at(deadline, account::plan(attrs, account, tokens))
+                    .await
+                    .map_err(|_| {
+                        Arc::<str>::from(
+                            "its ServiceAccount or token could not be read before the deadline",
+                        )
+                    })??;
+                match plan {
+                    Plan::Skip => return Ok(None),
+                    Plan::Run(identity) => identity.map(Arc::new),
+                }
+            }
+        };
+        let scope = identity
+            .as_ref()
+            .map(|i| i.scope.clone())
+            .unwrap_or_default();
+        let run = match self.cache.find_or_start(image, &scope, || {
+            self.start(image, identity.clone(), deadline)
+        }) {
             Found::Cached(config) => return Ok(Some(config)),
             Found::Running(run) => run,
         };
@@ -291,19 +347,30 @@ impl Provider {
         }
     }
 
-    /// Starts the one run every ask for `image` joins, as a task of its own so that it ends, is
-    /// kept and leaves the in-flight map whichever asks stop waiting.
-    fn start(self: &Arc<Self>, image: &str, deadline: Instant) -> cache::SharedRun {
+    /// Starts the one run every ask for `image` (within one ServiceAccount's scope) joins, as a
+    /// task of its own so that it ends, is kept and leaves the in-flight map whichever asks
+    /// stop waiting.
+    fn start(
+        self: &Arc<Self>,
+        image: &str,
+        identity: Option<Arc<Identity>>,
+        deadline: Instant,
+    ) -> cache::SharedRun {
         let this = Arc::clone(self);
         let image = image.to_owned();
         let deadline = deadline.min(Instant::now() + PLUGIN_TIMEOUT);
         let task = tokio::spawn(async move {
+            let scope = identity
+                .as_ref()
+                .map(|i| i.scope.clone())
+                .unwrap_or_default();
             let mut finished = Finish {
                 provider: &this,
                 image: &image,
+                scope: &scope,
                 done: false,
             };
-            let outcome = this.run(&image, deadline).await;
+            let outcome = this.run(&image, identity.as_deref(), deadline).await;
             let keep = match &outcome {
                 Ok((response, config)) => this
                     .cache_duration(response)
@@ -318,7 +385,7 @@ impl Provider {
                     None
                 }
             };
-            this.cache.finish(&image, keep);
+            this.cache.finish(&image, &scope, keep);
             finished.done = true;
             outcome.map(|(_, config)| config)
         });
@@ -333,6 +400,7 @@ impl Provider {
     async fn run(
         &self,
         image: &str,
+        identity: Option<&Identity>,
         deadline: Instant,
     ) -> Result<(Response, Arc<DockerConfig>), Arc<str>> {
         let _permit = tokio::time::timeout_at(deadline, self.runs.acquire())
@@ -341,9 +409,22 @@ impl Provider {
             .expect("the semaphore is never closed");
         let response = self
             .plugin
-            .run(image, deadline)
+            .run(image, identity, deadline)
             .await
             .map_err(|e| Arc::<str>::from(e.to_string()))?;
+        // The kubelet refuses an answer that hands the token back as the password unless
+        // answers are kept per token: kept per ServiceAccount, it would outlive the token.
+        if let (Some(identity), Some(attrs)) = (identity, &self.token)
+            && attrs.cache_type != TokenCacheType::Token
+            && response
+                .auth
+                .iter()
+                .any(|(_, _, password)| password == identity.token.expose())
+        {
+            return Err(Arc::from(
+                "the plugin answered with the service-account token as a password, which the kubelet accepts only with tokenAttributes.cacheType Token",
+            ));
+        }
         let source = format!("credential provider {}", self.name);
         let entries = response
             .auth
@@ -375,13 +456,14 @@ impl Provider {
 struct Finish<'a> {
     provider: &'a Provider,
     image: &'a str,
+    scope: &'a Scope,
     done: bool,
 }
 
 impl Drop for Finish<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.provider.cache.finish(self.image, None);
+            self.provider.cache.finish(self.image, self.scope, None);
         }
     }
 }

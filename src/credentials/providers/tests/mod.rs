@@ -109,7 +109,7 @@ impl Setup {
     }
 
     async fn ask(&self, image: &str) -> Provided {
-        self.providers.credentials(image, in_secs(60)).await
+        self.providers.credentials(image, None, in_secs(60)).await
     }
 }
 

@@ -180,7 +180,7 @@ async fn a_plugin_that_hangs_is_killed_at_the_deadline() {
         "p",
         "open(os.environ['RUNS_FILE'] + '.pid', 'w').write(str(os.getpid())); time.sleep(3600)",
     )]);
-    let provided = s.providers.credentials("r.io/a", in_secs(2)).await;
+    let provided = s.providers.credentials("r.io/a", None, in_secs(2)).await;
     assert!(only_failure(&provided).contains("deadline"), "{provided:?}");
     // A plugin killed before it wrote its pid is gone as well.
     let Ok(pid) = std::fs::read_to_string(s.dir.path().join("p.runs.pid")) else {
@@ -264,6 +264,36 @@ async fn a_provider_with_token_attributes_is_skipped_with_a_failure() {
     assert!(s.ask("nomatch.example.com/a").await.failures.is_empty());
 }
 
+/// kubelet: a pod without a ServiceAccount still runs a token provider that does not require
+/// one, without a token; a pod with one needs the token, which only the flag allows.
+#[tokio::test]
+async fn a_token_provider_without_a_service_account_runs_unless_it_requires_one() {
+    let s = Setup::with_extra(
+        // The prelude refuses a request with any field besides kind, apiVersion and image.
+        &[Fake::new("p", r#"answer("Image", {"*.io": cred("u")})"#)],
+        "    tokenAttributes:\n      serviceAccountTokenAudience: aud\n      requireServiceAccount: false\n      cacheType: Token\n",
+    );
+    let provided = s.ask("r.io/a").await;
+    assert!(provided.failures.is_empty(), "{:?}", provided.failures);
+    assert_eq!(provided.credentials.len(), 1);
+    assert_eq!(s.runs("p"), 1);
+
+    let account = crate::credentials::PodAccount {
+        namespace: "shop".into(),
+        service_account: "default".into(),
+    };
+    let provided = s
+        .providers
+        .credentials("r.io/b", Some(&account), in_secs(5))
+        .await;
+    assert!(
+        only_failure(&provided).contains("--provider-service-account-tokens"),
+        "{:?}",
+        provided.failures
+    );
+    assert_eq!(s.runs("p"), 1);
+}
+
 #[tokio::test]
 async fn debug_output_holds_no_password() {
     let s = Setup::new(&[Fake::new(
@@ -279,6 +309,6 @@ async fn debug_output_holds_no_password() {
 async fn no_providers_give_nothing() {
     let none = CredentialProviders::default();
     assert!(none.is_empty());
-    let provided = none.credentials("r.io/a", in_secs(1)).await;
+    let provided = none.credentials("r.io/a", None, in_secs(1)).await;
     assert!(provided.credentials.is_empty() && provided.failures.is_empty());
 }
