@@ -22,6 +22,7 @@
 pub use server::{Config, Listeners, run};
 
 pub mod admission;
+pub mod audit;
 pub mod cli;
 pub mod credentials;
 mod fds;

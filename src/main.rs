@@ -42,6 +42,9 @@ async fn main() -> ExitCode {
         Command::Review(args) => pullgate::cli::review::run(args)
             .await
             .map_err(|e| Failure::new(e.is_closed_output(), e)),
+        Command::Audit(args) => pullgate::cli::audit::run(args)
+            .await
+            .map_err(|e| Failure::new(e.is_closed_output(), e)),
     };
     match result {
         Ok(code) => code,
@@ -73,6 +76,6 @@ impl Failure {
 fn default_log_level(command: &Command) -> &'static str {
     match command {
         Command::Serve(_) => "info",
-        Command::Check(_) | Command::Review(_) => "warn",
+        Command::Check(_) | Command::Review(_) | Command::Audit(_) => "warn",
     }
 }

@@ -240,6 +240,20 @@ impl Reviewer {
         policy: &Policy,
         budget: Duration,
     ) -> Outcome {
+        self.decide_workload_on(workload, policy, budget, None)
+            .await
+    }
+
+    /// [`Reviewer::decide_workload`] for a workload already running: when `running_on` names
+    /// the platforms of the nodes its pods run on, those are the platforms checked, instead of
+    /// the ones its placement and the policy allow.
+    pub async fn decide_workload_on(
+        &self,
+        workload: &Workload,
+        policy: &Policy,
+        budget: Duration,
+        running_on: Option<&Vec<Platform>>,
+    ) -> Outcome {
         if policy.namespace_exempt(&workload.namespace) {
             return Outcome {
                 kind: workload.kind.as_str(),
@@ -249,7 +263,10 @@ impl Reviewer {
         }
         let deadline = Instant::now() + budget;
         let credentials = self.credentials(workload, deadline).await;
-        let platforms: Arc<[Platform]> = workload.platforms(policy.platforms()).into();
+        let platforms: Arc<[Platform]> = match running_on {
+            Some(on) => on.as_slice().into(),
+            None => workload.platforms(policy.platforms()).into(),
+        };
 
         // One probe per distinct image, however many containers use it (the uses are at most
         // `workload::MAX_IMAGE_USES`, counted before they were read).

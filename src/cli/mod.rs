@@ -2,6 +2,7 @@
 //! typed values, one file a command: [`check`], [`serve`] and [`review`], with what they
 //! share to reach registries in [`registry`].
 
+pub mod audit;
 mod check;
 mod registry;
 pub mod review;
@@ -87,6 +88,10 @@ pub enum Command {
     /// found included, unless --allow-empty).
     #[command(after_help = ENVIRONMENT_HELP)]
     Review(review::ReviewArgs),
+    /// Audit what already runs: every workload's images probed as the webhook would now;
+    /// exit 0 when it would admit them all, 1 when it would refuse any, 2 on an error.
+    #[command(after_help = ENVIRONMENT_HELP)]
+    Audit(audit::AuditArgs),
 }
 
 /// Why `check` or `serve` stopped.
@@ -150,7 +155,7 @@ mod tests {
         }
         assert!(missing.is_empty(), "{missing:?}");
         let mut cli = cli;
-        for name in ["check", "serve", "review"] {
+        for name in ["check", "serve", "review", "audit"] {
             let help = cli
                 .find_subcommand_mut(name)
                 .unwrap()

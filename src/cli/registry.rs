@@ -30,6 +30,12 @@ pub enum SetupError {
         "--image-credential-provider-config and --image-credential-provider-bin-dir go together, as on the kubelet"
     )]
     ProvidersHalfSet,
+    #[error("no Kubernetes API (a kubeconfig or the in-cluster environment is needed): {reason}")]
+    NoApi { reason: String },
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
     #[error(
         "--provider-service-account-tokens needs the Kubernetes API (a kubeconfig or the in-cluster environment), to request the tokens: {reason}"
     )]

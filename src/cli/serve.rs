@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 
 use super::CliError;
 use super::registry::{RegistryArgs, SetupError, load_keyring};
+use crate::audit::AuditSettings;
 use crate::credentials::SecretOptions;
 use crate::fds::FdBudget;
 use crate::probe::{CacheOptions, PullOptions};
@@ -114,6 +115,18 @@ pub struct ServeArgs {
     /// flag such providers are skipped with a warning.
     #[arg(long, env = "PULLGATE_PROVIDER_SERVICE_ACCOUNT_TOKENS")]
     pub provider_service_account_tokens: bool,
+    /// Audit what already runs every DUR (e.g. 1h), in the background, on the replica that
+    /// holds the `pullgate-audit` Lease; results in /metrics and as Events. Needs the audit
+    /// RBAC (deploy/audit).
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration, env = "PULLGATE_AUDIT_INTERVAL")]
+    pub audit_interval: Option<Duration>,
+    /// Namespace of the audit Lease [default: the POD_NAMESPACE variable, else the
+    /// kubeconfig's namespace].
+    #[arg(long, value_name = "NAMESPACE", env = "PULLGATE_AUDIT_LEASE_NAMESPACE")]
+    pub audit_lease_namespace: Option<String>,
+    /// This replica's name in the audit Lease [default: the POD_NAME variable, else HOSTNAME].
+    #[arg(long, value_name = "NAME", env = "PULLGATE_AUDIT_IDENTITY")]
+    pub audit_identity: Option<String>,
     /// Most time one review may take; keep it below the webhook's timeoutSeconds.
     #[arg(long, value_name = "DUR", default_value = "8s", value_parser = humantime::parse_duration, env = "PULLGATE_REVIEW_BUDGET")]
     pub review_budget: Duration,
@@ -263,6 +276,33 @@ pub(crate) async fn serve_config(
             }
         }
     };
+    let audit = match (args.audit_interval, &kube) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(SetupError::NoApi {
+                reason: "--audit-interval lists workloads through the API".to_owned(),
+            }
+            .into());
+        }
+        (Some(interval), Some(client)) => {
+            let namespace = args
+                .audit_lease_namespace
+                .clone()
+                .or_else(|| {
+                    std::env::var("POD_NAMESPACE")
+                        .ok()
+                        .filter(|v| !v.is_empty())
+                })
+                .unwrap_or_else(|| client.default_namespace().to_owned());
+            let identity = args
+                .audit_identity
+                .clone()
+                .or_else(|| std::env::var("POD_NAME").ok().filter(|v| !v.is_empty()))
+                .or_else(|| std::env::var("HOSTNAME").ok().filter(|v| !v.is_empty()))
+                .unwrap_or_else(|| format!("pullgate-{}", std::process::id()));
+            Some(AuditSettings::every(interval, &namespace, &identity))
+        }
+    };
     let credential_providers = args.registry.credential_providers()?;
     let token_providers = credential_providers.token_providers().join(", ");
     if !token_providers.is_empty() && !args.provider_service_account_tokens {
@@ -339,6 +379,7 @@ pub(crate) async fn serve_config(
         node_hosts,
         credential_providers,
         provider_service_account_tokens: args.provider_service_account_tokens,
+        audit,
         reload_interval: args.reload_interval,
         shutdown_delay: args.shutdown_delay,
         connections: ConnectionLimits {

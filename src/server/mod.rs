@@ -24,6 +24,7 @@ pub use routes::{HEALTHZ_PATH, METRICS_PATH, READYZ_PATH, WEBHOOK_PATH, review_b
 pub use tls::{CertFiles, CertStore, ClientCa, DevCertificate, TlsError};
 
 use crate::admission::{Reviewer, ReviewerConfig};
+use crate::audit::{AuditSettings, Continuous};
 use crate::credentials::CredentialProviders;
 use crate::credentials::{Keyring, SecretOptions, SecretStore, ServiceAccountTokens};
 use crate::metrics::Metrics;
@@ -77,6 +78,8 @@ pub struct Config {
     pub credential_providers: CredentialProviders,
     /// Request ServiceAccount tokens for the providers with `tokenAttributes` (needs `kube`).
     pub provider_service_account_tokens: bool,
+    /// Audit what already runs in the background (`--audit-interval`; needs `kube`).
+    pub audit: Option<AuditSettings>,
     /// How often the policy and certificate files are checked for changes.
     pub reload_interval: Duration,
     /// Largest AdmissionReview body accepted.
@@ -121,6 +124,7 @@ impl Default for Config {
             node_hosts: NodeHosts::default(),
             credential_providers: CredentialProviders::default(),
             provider_service_account_tokens: false,
+            audit: None,
             reload_interval: Duration::from_secs(10),
             max_body_bytes: 8 * 1024 * 1024,
             shutdown_delay: Duration::from_secs(5),
@@ -154,6 +158,8 @@ pub enum ServerError {
     Registry(#[from] ClientError),
     #[error("service-account tokens for credential providers need a Kubernetes API client")]
     TokensWithoutApi,
+    #[error("the background audit needs a Kubernetes API client")]
+    AuditWithoutApi,
 }
 
 /// Runs the webhook until `shutdown` resolves, then drains: readiness turns false, serving
@@ -202,6 +208,11 @@ pub async fn run_announced(
     }
     let metrics = Arc::new(Metrics::new());
     let registry = RegistryClient::with_observer(config.registry, metrics.request_observer())?;
+    let audit = match (config.audit, &config.kube) {
+        (Some(settings), Some(client)) => Some((settings, client.clone())),
+        (Some(_), None) => return Err(ServerError::AuditWithoutApi),
+        (None, _) => None,
+    };
     let secrets = config
         .kube
         .map(|client| SecretStore::new(client, config.secrets));
@@ -247,12 +258,18 @@ pub async fn run_announced(
     });
     background.spawn({
         let done = stopped(&stop_rx);
-        policy.watch(config.reload_interval, done)
+        policy.clone().watch(config.reload_interval, done)
     });
     if let Some(clients) = &client_ca {
         let clients = clients.clone();
         let done = stopped(&stop_rx);
         background.spawn(async move { clients.watch(config.reload_interval, done).await });
+    }
+    if let Some((settings, client)) = audit {
+        let (app, policy, done) = (app.clone(), policy.clone(), stopped(&stop_rx));
+        background.spawn(async move {
+            Continuous::run(settings, client, &app.reviewer, &policy, &app.metrics, done).await;
+        });
     }
     background.spawn(
         app.reviewer

@@ -15,6 +15,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+mod audit;
+
+pub use audit::{AuditMetrics, MAX_PROBLEM_SERIES, PassFigures, ProblemLabels};
+
 /// The buckets kube-apiserver uses for `apiserver_admission_webhook_admission_duration_seconds`,
 /// so the two can be read side by side.
 const APISERVER_BUCKETS: [f64; 8] = [0.005, 0.025, 0.1, 0.5, 1.0, 2.5, 10.0, 25.0];
@@ -95,6 +99,8 @@ pub struct Metrics {
     registries: Mutex<HashSet<String>>,
     store_documents: Gauge,
     store_bytes: Gauge,
+    /// The audit's (`serve --audit-interval`); empty until a pass ends.
+    pub audit: AuditMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -202,8 +208,10 @@ impl Metrics {
             "Estimated bytes held by the manifest store, tags included",
             store_bytes.clone(),
         );
+        let audit = AuditMetrics::register(&mut registry);
         Metrics {
             registry,
+            audit,
             pulls,
             pulls_remaining,
             pulls_limit,
