@@ -21,8 +21,13 @@ COPY src ./src
 COPY benches ./benches
 # --locked: exactly the dependency versions of Cargo.lock. The cache mounts keep the registry
 # and the target directory between builds; the binary is copied out of the cached target.
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/src/target \
+# BuildKit shares a cache mount between the platforms of a multi-platform build (linux/amd64
+# and linux/arm64 in .github/workflows/release.yml) unless its id differs, and the two builds
+# run at the same time: each platform has caches of its own, and `sharing=locked` keeps two
+# builds of one platform from writing them together.
+ARG TARGETPLATFORM
+RUN --mount=type=cache,id=pullgate-cargo-registry-${TARGETPLATFORM},target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,id=pullgate-target-${TARGETPLATFORM},target=/src/target,sharing=locked \
     cargo build --release --locked --bin pullgate \
     && install -D -m 0755 target/release/pullgate /out/pullgate
 

@@ -9,16 +9,19 @@
 //! 5. fan-out: a Pod of 20 uncached images against a Pod of one;
 //! 6. memory: peak RSS during the hot path, and RSS with 100,000 cached verdicts;
 //! 7. hostile load: the p99 of cached reviews and the peak RSS while each attack runs;
-//! 8. pull economy: Docker Hub pulls counted while 2 replicas re-probe 20 images 100 times.
+//! 8. pull economy: Docker Hub pulls counted while 2 replicas re-probe 20 images 100 times;
+//! 9. audit: `pullgate audit` of 10,000 pods over 500 images (time, registry requests, RSS).
 //!
 //! Run it with `bench/run` (installs what is missing and writes `BENCHMARKS.md`) or
 //! `cargo bench --bench pullgate [-- SECTION...]` with sections `hot cold rtt herd fanout
-//! memory hostile pulls`. Under `cargo test` (which runs bench targets in test mode, without `--bench`) it
+//! memory hostile pulls audit`. Under `cargo test` (which runs bench targets in test mode, without `--bench`) it
 //! does nothing: it is built so it cannot rot, never run as a test.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+#[path = "pullgate/audit.rs"]
+mod audit;
 #[path = "pullgate/cold.rs"]
 mod cold;
 #[path = "pullgate/herd.rs"]
@@ -46,8 +49,8 @@ use report::Report;
 use support::{Registry, TokenServer, World};
 use tempfile::TempDir;
 
-const SECTIONS: [&str; 8] = [
-    "hot", "cold", "rtt", "herd", "fanout", "memory", "hostile", "pulls",
+const SECTIONS: [&str; 9] = [
+    "hot", "cold", "rtt", "herd", "fanout", "memory", "hostile", "pulls", "audit",
 ];
 
 /// What every section shares: the test PKI, the anonymous seed registry images are pushed
@@ -154,6 +157,9 @@ async fn run(selected: &[&str], full: bool) -> anyhow::Result<Report> {
     }
     if wants("pulls") {
         pulls::pulls(&mut ctx).await?;
+    }
+    if wants("audit") {
+        audit::audit(&mut ctx).await?;
     }
     ctx.report.print_summary();
 

@@ -226,7 +226,12 @@ fn kustomizations_name_every_file_and_only_files_that_exist() {
         );
         seen += 1;
         let k = &yaml_docs(dir.join("kustomization.yaml"))[0];
-        assert_eq!(k["kind"], "Kustomization");
+        assert!(
+            k["kind"] == "Kustomization" || k["kind"] == "Component",
+            "{}: {:?}",
+            dir.display(),
+            k["kind"]
+        );
         let mut named: Vec<&str> = str_list(&k["resources"]);
         named.extend(
             k["patches"]
@@ -806,6 +811,153 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// The image the Deployment runs: the one the release workflow publishes (ghcr.io/OWNER/REPO,
+/// with ghcr.io/pullgate/pullgate standing for it), tagged with this crate's version in the one
+/// `images:` entry the workflow rewrites to a digest.
+const PUBLISHED_IMAGE: &str = "ghcr.io/pullgate/pullgate";
+
+#[test]
+fn the_deployment_runs_the_published_image_at_the_crates_version() {
+    let m = Manifests::base();
+    assert_eq!(
+        m.container()["image"],
+        PUBLISHED_IMAGE,
+        "the tag (or digest) is set by kustomization.yaml's images:"
+    );
+    let k = &yaml_docs("deploy/base/kustomization.yaml")[0];
+    assert_eq!(
+        k["images"],
+        serde_json::json!([{"name": PUBLISHED_IMAGE, "newTag": env!("CARGO_PKG_VERSION")}]),
+        "one entry, tagged with Cargo.toml's version: the release workflow replaces its newTag line"
+    );
+    // The line the release workflow's sed replaces, exactly once.
+    let text = read("deploy/base/kustomization.yaml");
+    let tag_lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("    newTag: "))
+        .collect();
+    assert_eq!(
+        tag_lines,
+        [format!("    newTag: {}", env!("CARGO_PKG_VERSION"))]
+    );
+}
+
+/// One step of a workflow job, found by the action it uses.
+fn workflow_step<'a>(job: &'a Value, action: &str) -> &'a Value {
+    job["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| {
+            s["uses"]
+                .as_str()
+                .is_some_and(|u| u.split('@').next() == Some(action))
+        })
+        .unwrap_or_else(|| panic!("no step uses {action}"))
+}
+
+/// The release workflow (linted by actionlint in tests/run): on a version tag, a multi-arch
+/// image with provenance and an SBOM, pushed to the forge's registry, then pinned by digest
+/// where deploy/ names the image, with permissions that allow exactly that.
+#[test]
+fn the_release_workflow_publishes_an_attested_multi_arch_image_and_pins_it() {
+    let workflow = &yaml_docs(".github/workflows/release.yml")[0];
+    assert_eq!(str_list(&workflow["on"]["push"]["tags"]), ["v*"]);
+    assert_eq!(
+        workflow["permissions"],
+        serde_json::json!({}),
+        "nothing by default"
+    );
+    let jobs = workflow["jobs"].as_object().unwrap();
+    assert_eq!(jobs.len(), 1);
+    let job = jobs.values().next().unwrap();
+    let permissions: BTreeMap<&str, &str> = job["permissions"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        permissions,
+        BTreeMap::from([
+            ("attestations", "write"),
+            ("contents", "write"),
+            ("id-token", "write"),
+            ("packages", "write"),
+        ])
+    );
+    let build = &workflow_step(job, "docker/build-push-action")["with"];
+    let platforms: BTreeSet<&str> = build["platforms"].as_str().unwrap().split(',').collect();
+    assert_eq!(platforms, BTreeSet::from(["linux/amd64", "linux/arm64"]));
+    assert_eq!(build["provenance"], "mode=max");
+    assert_eq!(build["sbom"], true);
+    assert_eq!(build["push"], true);
+    assert_eq!(
+        workflow_step(job, "docker/login-action")["with"]["registry"],
+        "ghcr.io"
+    );
+    assert_eq!(
+        workflow_step(job, "docker/metadata-action")["with"]["flavor"],
+        "latest=false",
+        "versions only: docs/image.md says there is no `latest`"
+    );
+    for action in ["docker/setup-qemu-action", "docker/setup-buildx-action"] {
+        workflow_step(job, action);
+    }
+    let attest = &workflow_step(job, "actions/attest-build-provenance")["with"];
+    assert_eq!(
+        attest["subject-digest"],
+        "${{ steps.build.outputs.digest }}"
+    );
+    // The pin: the kustomization's newTag line becomes the built image's digest.
+    let run: String = job["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["run"].as_str())
+        .collect();
+    assert!(
+        run.contains("s|^    newTag: .*|") && run.contains("deploy/base/kustomization.yaml"),
+        "{run}"
+    );
+    assert!(run.contains("kubectl kustomize deploy >dist/install.yaml"));
+    // Every action is pinned at least to a major version.
+    for step in job["steps"].as_array().unwrap() {
+        if let Some(uses) = step["uses"].as_str() {
+            let (_, version) = uses.split_once('@').expect("a pinned version");
+            assert!(version.starts_with('v') || version.len() == 40, "{uses}");
+        }
+    }
+}
+
+/// The release builds linux/amd64 and linux/arm64 at once: BuildKit shares a cache mount
+/// between platforms unless its id differs, so each cache mount of the build names the
+/// platform (the two builds would otherwise write one target directory together).
+#[test]
+fn the_dockerfiles_cache_mounts_are_per_platform() {
+    let dockerfile = read("Dockerfile");
+    let mounts: Vec<&str> = dockerfile
+        .split_whitespace()
+        .filter(|w| w.starts_with("--mount=type=cache"))
+        .collect();
+    assert!(!mounts.is_empty());
+    for mount in mounts {
+        let options: BTreeMap<&str, &str> = mount["--mount=".len()..]
+            .split(',')
+            .filter_map(|o| o.split_once('='))
+            .collect();
+        assert!(
+            options
+                .get("id")
+                .is_some_and(|id| id.contains("${TARGETPLATFORM}")),
+            "{mount}"
+        );
+        assert_eq!(options.get("sharing"), Some(&"locked"), "{mount}");
+    }
+    let build_stage = dockerfile.split("\nFROM ").nth(1).unwrap();
+    assert!(build_stage.contains("\nARG TARGETPLATFORM\n"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Overlays
 
@@ -1072,6 +1224,316 @@ fn the_eks_example_gives_pullgate_the_plugin_and_the_kubelets_config() {
         plugins.path(),
     )
     .unwrap();
+}
+
+/// The component for credential providers with `tokenAttributes`: it turns on the serve flag
+/// through its environment variable, and grants that flag's one extra right, `create` on
+/// `serviceaccounts/token`, in a ClusterRole of its own.
+#[test]
+fn the_provider_tokens_component_turns_the_flag_on_with_its_one_right() {
+    let rel = "deploy/examples/provider-service-account-tokens";
+    let k = &yaml_docs(format!("{rel}/kustomization.yaml"))[0];
+    assert_eq!(k["kind"], "Component");
+    let ops: Vec<Value> =
+        serde_saphyr::from_str(k["patches"][0]["patch"].as_str().unwrap()).unwrap();
+    let env = &ops[0]["value"];
+    let cli = Cli::command();
+    let serve = cli.find_subcommand("serve").unwrap();
+    let flag = serve
+        .get_arguments()
+        .find(|a| {
+            a.get_env()
+                .is_some_and(|e| e == env["name"].as_str().unwrap())
+        })
+        .expect("the variable is a serve flag's");
+    assert_eq!(flag.get_long(), Some("provider-service-account-tokens"));
+    assert_eq!(env["value"], "true");
+    let args = serve_args(&["pullgate", "serve", "--provider-service-account-tokens"]);
+    assert!(args.provider_service_account_tokens);
+
+    let rbac = yaml_docs(format!("{rel}/rbac.yaml"));
+    let role = rbac.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([{"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]}])
+    );
+    let binding = rbac
+        .iter()
+        .find(|d| d["kind"] == "ClusterRoleBinding")
+        .unwrap();
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    assert_eq!(binding["subjects"][0]["name"], "pullgate");
+    assert_eq!(binding["subjects"][0]["namespace"], "pullgate");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Monitoring
+
+/// deploy/monitoring's objects, as its kustomization lists them.
+fn monitoring() -> Vec<Value> {
+    let k = &yaml_docs("deploy/monitoring/kustomization.yaml")[0];
+    assert_eq!(
+        k["kind"], "Kustomization",
+        "applied on its own, with any install"
+    );
+    str_list(&k["resources"])
+        .into_iter()
+        .flat_map(|file| yaml_docs(Path::new("deploy/monitoring").join(file)))
+        .collect()
+}
+
+fn one_of<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let all: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind).collect();
+    assert_eq!(all.len(), 1, "exactly one {kind}");
+    all[0]
+}
+
+/// The ServiceMonitor scrapes /metrics on the admin listener, through the Service's port for
+/// it, in pullgate's namespace, where the NetworkPolicy lets the monitoring namespace in.
+#[test]
+fn the_service_monitor_scrapes_metrics_on_the_admin_port() {
+    let m = Manifests::base();
+    let args = deployment_serve_args(&m);
+    let docs = monitoring();
+    for d in &docs {
+        assert_eq!(d["apiVersion"], "monitoring.coreos.com/v1");
+        assert_eq!(d["metadata"]["namespace"], NAMESPACE);
+    }
+    let monitor = one_of(&docs, "ServiceMonitor");
+    let service = m.one("Service");
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(
+            &service["metadata"]["labels"][k], v,
+            "the ServiceMonitor selects the Service"
+        );
+    }
+    assert!(
+        monitor["spec"].get("namespaceSelector").is_none(),
+        "the Service is in the ServiceMonitor's namespace"
+    );
+    let endpoints = monitor["spec"]["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 1);
+    let endpoint = &endpoints[0];
+    assert_eq!(endpoint["path"], METRICS_PATH);
+    assert_eq!(endpoint["scheme"], "http", "the admin port is plain HTTP");
+    let service_port = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == endpoint["port"])
+        .expect("the endpoint names a port of the Service");
+    let container_port = m.container()["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == service_port["targetPort"])
+        .unwrap();
+    assert_eq!(
+        container_port["containerPort"].as_u64(),
+        Some(u64::from(args.admin_listen.port())),
+        "the Service's port leads to the admin listener"
+    );
+}
+
+/// A label matcher of a PromQL selector: label, operator (`=`, `!=`, `=~`, `!~`), value.
+type Matcher = (String, String, String);
+
+/// Each `name{label op "value", …}` selector of a PromQL expression: the metric, and its
+/// matchers.
+fn selectors(expr: &str) -> Vec<(String, Vec<Matcher>)> {
+    let mut found = Vec::new();
+    let mut rest = expr;
+    while let Some(open) = rest.find('{') {
+        let before = &rest[..open];
+        let name: String = before
+            .chars()
+            .rev()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let close = rest[open..].find('}').unwrap() + open;
+        let mut matchers = Vec::new();
+        for part in rest[open + 1..close].split(',') {
+            let part = part.trim();
+            let op_at = part.find(['=', '!']).unwrap();
+            let label = part[..op_at].trim().to_owned();
+            let after = &part[op_at..];
+            let op_len =
+                if after.starts_with("=~") || after.starts_with("!~") || after.starts_with("!=") {
+                    2
+                } else {
+                    1
+                };
+            let value = after[op_len..].trim().trim_matches('"').to_owned();
+            matchers.push((label, after[..op_len].to_owned(), value));
+        }
+        found.push((name, matchers));
+        rest = &rest[close + 1..];
+    }
+    found
+}
+
+/// pullgate's exposition with every decision and verdict counted once: sample name → the
+/// label sets of its samples.
+fn exposition() -> BTreeMap<String, Vec<BTreeMap<String, String>>> {
+    use pullgate::policy::DecisionKind;
+    use pullgate::probe::Verdict;
+    let metrics = Arc::new(pullgate::metrics::Metrics::new());
+    for decision in [
+        DecisionKind::Allow,
+        DecisionKind::Warn,
+        DecisionKind::Deny,
+        DecisionKind::Exempt,
+    ] {
+        metrics.review("Pod", decision.as_str(), Duration::from_millis(3));
+    }
+    // An unreadable request (src/server/routes.rs).
+    metrics.review("unknown", "error", Duration::from_millis(1));
+    for verdict in [
+        Verdict::Pullable,
+        Verdict::Blocked,
+        Verdict::Unauthorized,
+        Verdict::NotFound,
+        Verdict::Unavailable,
+        Verdict::Invalid,
+    ] {
+        metrics.probe(verdict.as_str());
+    }
+    metrics.request_observer()("registry.example.com", Some(503));
+    metrics.request_observer()("registry.example.com", None);
+    let mut samples: BTreeMap<String, Vec<BTreeMap<String, String>>> = BTreeMap::new();
+    for line in metrics.encode().lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (name, labels) = match line.split_once('{') {
+            Some((name, rest)) => (name, rest.split_once('}').unwrap().0),
+            None => (line.split_whitespace().next().unwrap(), ""),
+        };
+        let labels = labels
+            .split("\",")
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (k, v) = l.split_once('=').unwrap();
+                (k.to_owned(), v.trim_matches('"').to_owned())
+            })
+            .collect();
+        samples.entry(name.to_owned()).or_default().push(labels);
+    }
+    samples
+}
+
+/// The alert rules name only series that exist: pullgate's metrics with labels and values it
+/// exports (and the target labels the ServiceMonitor gives them), `up` of the ServiceMonitor's
+/// job, and the API server's fail-open count of pullgate's webhook. A renamed metric or label
+/// would leave an alert that can never fire. Each alert has its section in docs/monitoring.md.
+#[test]
+fn the_alert_rules_name_only_series_that_exist() {
+    let m = Manifests::base();
+    let service = m.one("Service");
+    let job = service["metadata"]["name"].as_str().unwrap();
+    let webhook = m.webhook()["name"].as_str().unwrap();
+    let samples = exposition();
+    let docs = monitoring();
+    let rule = one_of(&docs, "PrometheusRule");
+    let guide = read("docs/monitoring.md");
+    let mut alerts = BTreeSet::new();
+    let mut used = BTreeSet::new();
+    for group in rule["spec"]["groups"].as_array().unwrap() {
+        for r in group["rules"].as_array().unwrap() {
+            let alert = r["alert"].as_str().expect("alerting rules only");
+            assert!(alerts.insert(alert), "{alert} twice");
+            assert!(
+                guide.contains(&format!("### {alert}")),
+                "docs/monitoring.md has no section {alert}"
+            );
+            assert!(r["labels"]["severity"].is_string(), "{alert}");
+            let expr = r["expr"].as_str().unwrap();
+            let found = selectors(expr);
+            assert!(!found.is_empty(), "{alert}: {expr}");
+            for (name, matchers) in found {
+                let labels = |l: &str| -> BTreeMap<&str, (&str, &str)> {
+                    matchers
+                        .iter()
+                        .filter(|(k, _, _)| k == l)
+                        .map(|(k, op, v)| (k.as_str(), (op.as_str(), v.as_str())))
+                        .collect()
+                };
+                if name == "up" || name.starts_with("pullgate_") {
+                    assert_eq!(
+                        labels("job").get("job"),
+                        Some(&("=", job)),
+                        "{alert}: {name} of the ServiceMonitor's job (the Service's name)"
+                    );
+                    assert_eq!(
+                        labels("namespace").get("namespace"),
+                        Some(&("=", NAMESPACE)),
+                        "{alert}: {name}"
+                    );
+                }
+                if name == "up" {
+                    continue;
+                }
+                if name == "apiserver_admission_webhook_fail_open_count" {
+                    assert_eq!(
+                        labels("name").get("name"),
+                        Some(&("=", webhook)),
+                        "{alert}: the API server counts fail-opens by webhook name"
+                    );
+                    continue;
+                }
+                assert!(
+                    name.starts_with("pullgate_"),
+                    "{alert}: {name} is neither pullgate's nor one the alerts know"
+                );
+                let exported = samples.get(&name).unwrap_or_else(|| {
+                    panic!(
+                        "{alert}: pullgate exports no {name}; it has {:?}",
+                        samples.keys().collect::<Vec<_>>()
+                    )
+                });
+                used.insert(name.clone());
+                for (label, op, value) in &matchers {
+                    if label == "job" || label == "namespace" {
+                        continue;
+                    }
+                    assert!(
+                        exported.iter().any(|s| s.contains_key(label)),
+                        "{alert}: {name} has no label {label}"
+                    );
+                    if op == "=" || op == "!=" {
+                        assert!(
+                            exported.iter().any(|s| s[label] == *value),
+                            "{alert}: {name} never has {label}=\"{value}\""
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(
+        alerts,
+        BTreeSet::from([
+            "PullgateDenyingManyWorkloads",
+            "PullgateDown",
+            "PullgateFailingOpen",
+            "PullgateRegistriesUnavailable",
+            "PullgateReviewsSlow",
+        ])
+    );
+    assert_eq!(
+        used,
+        BTreeSet::from([
+            "pullgate_probes_total".to_owned(),
+            "pullgate_review_duration_seconds_bucket".to_owned(),
+            "pullgate_reviews_total".to_owned(),
+        ])
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

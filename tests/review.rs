@@ -338,13 +338,21 @@ fn a_directory_is_read_recursively_and_an_empty_input_is_an_error() {
     let dir = TempDir::new().unwrap();
     std::fs::create_dir_all(dir.path().join("apps/nested")).unwrap();
     write(dir.path(), "apps/nested/pod.yml", BAD_POD);
-    write(dir.path(), "apps/config.json", r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"j"}}"#);
+    write(
+        dir.path(),
+        "apps/config.json",
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"j"}}"#,
+    );
     write(dir.path(), "apps/README.md", "not: a manifest\n");
     let root = dir.path().to_str().unwrap();
     let run = review(&["-f", root], None);
     assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("Pod shop/bad"), "{}", run.stdout);
-    assert!(run.stderr.contains("config.json"), "the ConfigMap is reported skipped: {}", run.stderr);
+    assert!(
+        run.stderr.contains("config.json"),
+        "the ConfigMap is reported skipped: {}",
+        run.stderr
+    );
 
     let empty = TempDir::new().unwrap();
     let only_config = write(empty.path(), "cm.yaml", CONFIG_MAP);
@@ -355,7 +363,11 @@ fn a_directory_is_read_recursively_and_an_empty_input_is_an_error() {
     ] {
         let run = review(&args, stdin);
         assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
-        assert!(run.stderr.contains("no workloads to review"), "{}", run.stderr);
+        assert!(
+            run.stderr.contains("no workloads to review"),
+            "{}",
+            run.stderr
+        );
         assert!(run.stderr.contains("--allow-empty"), "{}", run.stderr);
         let mut allowed = args.clone();
         allowed.push("--allow-empty");

@@ -113,7 +113,7 @@ impl Report {
              loopback: Debian's `docker-registry` (distribution) with TLS and Bearer token auth \
              (the test harness's token server), `pullgate serve` as its own process (the \
              release binary), and the load generator. How each figure is obtained is in the \
-             notes below the table, and in README.md (\"Benchmark\").\n"
+             notes below the table, and in docs/benchmark.md.\n"
         );
         let _ = writeln!(out, "## Machine\n");
         let _ = writeln!(out, "| | |\n|---|---|");

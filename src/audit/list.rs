@@ -27,6 +27,8 @@ pub(crate) const PAGE_SIZE: u32 = 500;
 const MAX_PAGE_BYTES: usize = 64 * 1024 * 1024;
 /// A list restarted this often after its continue token expired fails.
 const MAX_RESTARTS: usize = 3;
+/// Most time one page may take, retries of kube's client (on 429, 503, 504) included.
+const PAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// One kind that is listed.
 #[derive(Clone, Copy, Debug)]
@@ -426,22 +428,28 @@ async fn fetch(
         what: path.to_owned(),
         problem,
     };
-    let response = client
-        .send(request.map(kube::client::Body::from))
+    let fetch = async {
+        let response = client
+            .send(request.map(kube::client::Body::from))
+            .await
+            .map_err(|e| problem(e.to_string()))?;
+        let status = response.status().as_u16();
+        let body = Limited::new(response.into_body(), MAX_PAGE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<LengthLimitError>() {
+                    problem(format!("a page larger than {MAX_PAGE_BYTES} bytes"))
+                } else {
+                    problem(format!("reading the page: {e}"))
+                }
+            })?
+            .to_bytes();
+        Ok::<_, AuditError>((status, body))
+    };
+    let (status, body) = tokio::time::timeout(PAGE_TIMEOUT, fetch)
         .await
-        .map_err(|e| problem(e.to_string()))?;
-    let status = response.status().as_u16();
-    let body = Limited::new(response.into_body(), MAX_PAGE_BYTES)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<LengthLimitError>() {
-                problem(format!("a page larger than {MAX_PAGE_BYTES} bytes"))
-            } else {
-                problem(format!("reading the page: {e}"))
-            }
-        })?
-        .to_bytes();
+        .map_err(|_| problem(format!("no page within {}s", PAGE_TIMEOUT.as_secs())))??;
     match status {
         200 => serde_json::from_slice(&body).map_err(|e| {
             problem(format!(

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 mod apiserver;
+mod cluster;
 mod delay;
 mod hostile;
 mod hub;
@@ -23,6 +24,8 @@ mod world;
 // A test file that uses only part of the harness must not warn about the rest.
 #[allow(unused_imports)]
 pub use apiserver::*;
+#[allow(unused_imports)]
+pub use cluster::*;
 #[allow(unused_imports)]
 pub use delay::*;
 #[allow(unused_imports)]
