@@ -268,6 +268,11 @@ async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) ->
     }
 }
 
+/// `Some` once `hook`'s metrics contain `text`.
+async fn shows(hook: &Webhook, text: &str) -> Option<()> {
+    hook.metrics().await.contains(text).then_some(())
+}
+
 fn holder(api: &ApiServer) -> Option<String> {
     api.lease("pullgate", "pullgate-audit")
         .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
@@ -352,11 +357,7 @@ async fn the_lease_holder_audits_and_a_newly_blocked_layer_turns_its_series() {
         Action::denied("blocked by policy: CVE-2026-0002"),
     ));
     eventually("api's series turns blocked", async || {
-        first
-            .metrics()
-            .await
-            .contains(&problem("api", "blocked"))
-            .then_some(())
+        shows(&first, &problem("api", "blocked")).await
     })
     .await;
     eventually("one event for api", async || {
@@ -378,11 +379,7 @@ async fn the_lease_holder_audits_and_a_newly_blocked_layer_turns_its_series() {
     })
     .await;
     eventually("a pass on replica-b", async || {
-        second
-            .metrics()
-            .await
-            .contains(&problem("api", "blocked"))
-            .then_some(())
+        shows(&second, &problem("api", "blocked")).await
     })
     .await;
     assert_eq!(

@@ -10,14 +10,10 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use super::CliError;
-use super::registry::{RegistryArgs, SetupError, load_keyring};
-use crate::admission::{Reviewer, ReviewerConfig};
+use super::registry::{RegistryArgs, SetupError};
 use crate::audit::{self, Scope};
 use crate::credentials::{SecretOptions, SecretStore};
-use crate::metrics::Metrics;
 use crate::policy::Policy;
-use crate::probe::{CacheOptions, ManifestStore, PullBudgets};
-use crate::registry::RegistryClient;
 use crate::reload::Reloading;
 
 /// How the result is printed.
@@ -84,22 +80,11 @@ pub async fn run(args: AuditArgs) -> Result<ExitCode, CliError> {
         .map_err(|e| SetupError::NoApi {
             reason: e.to_string(),
         })?;
-    let hosts = args.registry.node_hosts()?;
     let policy = Arc::new(Reloading::fixed("policy", policy));
-    let reviewer = Reviewer::new(ReviewerConfig {
-        registry: RegistryClient::new(args.registry.client_options()?).map_err(SetupError::from)?,
-        secrets: Some(SecretStore::new(client.clone(), SecretOptions::default())),
-        node: Arc::new(load_keyring(&args.registry.docker_configs)?),
-        cache: CacheOptions::default(),
-        policy: policy.clone(),
-        metrics: Arc::new(Metrics::new()),
-        probe_timeout: args.timeout,
-        store: ManifestStore::default(),
-        budgets: PullBudgets::default(),
-        rules: hosts.platform_rules(),
-        hosts: Arc::new(hosts),
-        providers: args.registry.credential_providers()?,
-    });
+    let secrets = SecretStore::new(client.clone(), SecretOptions::default());
+    let reviewer = args
+        .registry
+        .reviewer(policy.clone(), Some(secrets), args.timeout)?;
     let scope = Scope {
         namespaces: args.namespaces,
         selector: args.selector,

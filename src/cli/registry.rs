@@ -4,14 +4,21 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
 
+use crate::admission::{Reviewer, ReviewerConfig};
 use crate::credentials::{
-    CredentialProviders, Keyring, KeyringError, ProviderError, docker_config,
+    CredentialProviders, Keyring, KeyringError, ProviderError, SecretStore, docker_config,
 };
 use crate::io::{ReadError, read_file};
-use crate::registry::{ClientError, ClientOptions, HostsError, NodeHosts};
+use crate::metrics::Metrics;
+use crate::policy::{Policy, PolicyError};
+use crate::probe::{CacheOptions, ManifestStore, PullBudgets};
+use crate::registry::{ClientError, ClientOptions, HostsError, NodeHosts, RegistryClient};
+use crate::reload::Reloading;
 
 /// Why the registry side of a command could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +129,31 @@ impl RegistryArgs {
 }
 
 impl RegistryArgs {
+    /// The reviewer of a one-shot command (`review`, `audit`): these registry settings, the
+    /// default caches, `secrets` when there is an API server to read pull secrets from.
+    pub(crate) fn reviewer(
+        &self,
+        policy: Arc<Reloading<Policy, PolicyError>>,
+        secrets: Option<SecretStore>,
+        probe_timeout: Duration,
+    ) -> Result<Reviewer, SetupError> {
+        let hosts = self.node_hosts()?;
+        Ok(Reviewer::new(ReviewerConfig {
+            registry: RegistryClient::new(self.client_options()?)?,
+            secrets,
+            node: Arc::new(load_keyring(&self.docker_configs)?),
+            cache: CacheOptions::default(),
+            policy,
+            metrics: Arc::new(Metrics::new()),
+            probe_timeout,
+            store: ManifestStore::default(),
+            budgets: PullBudgets::default(),
+            rules: hosts.platform_rules(),
+            hosts: Arc::new(hosts),
+            providers: self.credential_providers()?,
+        }))
+    }
+
     /// The kubelet's credential-provider plugins, loaded and checked as the kubelet does at
     /// start-up; none when neither flag is given.
     pub fn credential_providers(&self) -> Result<CredentialProviders, SetupError> {

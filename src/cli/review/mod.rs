@@ -26,13 +26,10 @@ use futures_util::future::join_all;
 
 pub use input::{DocumentError, MAX_INPUT_BYTES, STDIN};
 
-use super::registry::{RegistryArgs, SetupError, load_keyring};
-use crate::admission::{Outcome, Reviewer, ReviewerConfig};
+use super::registry::{RegistryArgs, SetupError};
+use crate::admission::{Outcome, Reviewer};
 use crate::io::ReadError;
-use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyError};
-use crate::probe::{CacheOptions, ManifestStore, PullBudgets};
-use crate::registry::RegistryClient;
 use crate::reload::Reloading;
 use input::{Target, read_files};
 use output::{Reviewed, printable, qualified, write_text};
@@ -157,21 +154,7 @@ pub async fn run(args: ReviewArgs) -> Result<ExitCode, ReviewError> {
         });
     }
     let policy = Arc::new(Reloading::fixed("policy", policy));
-    let hosts = args.registry.node_hosts()?;
-    let reviewer = Reviewer::new(ReviewerConfig {
-        registry: RegistryClient::new(args.registry.client_options()?).map_err(SetupError::from)?,
-        secrets: None,
-        node: Arc::new(load_keyring(&args.registry.docker_configs)?),
-        cache: CacheOptions::default(),
-        policy: policy.clone(),
-        metrics: Arc::new(Metrics::new()),
-        probe_timeout: args.timeout,
-        store: ManifestStore::default(),
-        budgets: PullBudgets::default(),
-        rules: hosts.platform_rules(),
-        hosts: Arc::new(hosts),
-        providers: args.registry.credential_providers()?,
-    });
+    let reviewer = args.registry.reviewer(policy.clone(), None, args.timeout)?;
     let policy = policy.current();
 
     for skipped in &input.skipped {
