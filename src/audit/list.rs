@@ -135,18 +135,6 @@ struct ObjectMeta {
 }
 
 #[derive(Deserialize, Default)]
-struct UidOnly {
-    #[serde(default)]
-    metadata: Uid,
-}
-
-#[derive(Deserialize, Default)]
-struct Uid {
-    #[serde(default)]
-    uid: String,
-}
-
-#[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct OwnerRef {
     #[serde(default)]
@@ -216,19 +204,16 @@ pub(crate) async fn list(client: &kube::Client, scope: &Scope) -> Result<Listing
     } else {
         scope.page_size
     };
-    listing.pages += each(client, &NODES, None, None, page_size, |raw| {
-        let meta: Meta = serde_json::from_str(raw.get()).unwrap_or_default();
-        if let Some(info) = meta.status.node_info
+    listing.pages += each(client, &NODES, None, None, page_size, |_raw, meta| {
+        if let Some(info) = &meta.status.node_info
             && let Ok(platform) =
                 Platform::parse(&format!("{}/{}", info.operating_system, info.architecture))
         {
-            nodes.insert(meta.metadata.name, platform);
+            nodes.insert(meta.metadata.name.clone(), platform);
         }
     })
     .await?;
     let mut running: HashMap<String, BTreeSet<Platform>> = HashMap::new();
-    // ReplicaSet uid → its Deployment's uid, so a Deployment learns its pods' nodes.
-    let mut owners: HashMap<String, String> = HashMap::new();
     for namespace in namespaces(scope) {
         let ns = namespace.as_deref();
         let mut found = Vec::new();
@@ -238,21 +223,17 @@ pub(crate) async fn list(client: &kube::Client, scope: &Scope) -> Result<Listing
             ns,
             scope.selector.as_deref(),
             page_size,
-            |raw| {
-                let meta: Meta = serde_json::from_str(raw.get()).unwrap_or_default();
-                match meta.metadata.owner_references.iter().find(|o| o.controller) {
-                    Some(owner) => {
-                        if let Some(platform) =
-                            meta.spec.node_name.as_ref().and_then(|n| nodes.get(n))
-                        {
-                            running
-                                .entry(owner.uid.clone())
-                                .or_default()
-                                .insert(platform.clone());
-                        }
+            |raw, meta| match meta.metadata.owner_references.iter().find(|o| o.controller) {
+                Some(owner) => {
+                    if let Some(platform) = meta.spec.node_name.as_ref().and_then(|n| nodes.get(n))
+                    {
+                        running
+                            .entry(owner.uid.clone())
+                            .or_default()
+                            .insert(platform.clone());
                     }
-                    None => found.push(read(&PODS, raw, &meta, Vec::new())),
                 }
+                None => found.push(read(&PODS, raw, meta, Vec::new())),
             },
         )
         .await?;
@@ -263,8 +244,7 @@ pub(crate) async fn list(client: &kube::Client, scope: &Scope) -> Result<Listing
                 ns,
                 scope.selector.as_deref(),
                 page_size,
-                |raw| {
-                    let meta: Meta = serde_json::from_str(raw.get()).unwrap_or_default();
+                |raw, meta| {
                     let owner = meta.metadata.owner_references.iter().find(|o| o.controller);
                     let keep = match kind.kind {
                         // A Deployment's ReplicaSets are its history: the Deployment is audited.
@@ -273,7 +253,6 @@ pub(crate) async fn list(client: &kube::Client, scope: &Scope) -> Result<Listing
                                 if let Some(on) = running.remove(&meta.metadata.uid) {
                                     running.entry(owner.uid.clone()).or_default().extend(on);
                                 }
-                                owners.insert(meta.metadata.uid.clone(), owner.uid.clone());
                                 false
                             } else {
                                 meta.spec.replicas.unwrap_or(1) > 0
@@ -292,7 +271,7 @@ pub(crate) async fn list(client: &kube::Client, scope: &Scope) -> Result<Listing
                             .get(&meta.metadata.uid)
                             .map(|s| s.iter().cloned().collect())
                             .unwrap_or_default();
-                        found.push(read(kind, raw, &meta, on));
+                        found.push(read(kind, raw, meta, on));
                     }
                 },
             )
@@ -370,7 +349,7 @@ async fn each(
     namespace: Option<&str>,
     selector: Option<&str>,
     page_size: u32,
-    mut visit: impl FnMut(&RawValue),
+    mut visit: impl FnMut(&RawValue, &Meta),
 ) -> Result<usize, AuditError> {
     let mut pages = 0;
     let path = kind.path(namespace);
@@ -405,11 +384,9 @@ async fn each(
         pages += 1;
         for item in &page.items {
             // After a restart, what was visited before is skipped.
-            let uid = serde_json::from_str::<UidOnly>(item.get())
-                .map(|u| u.metadata.uid)
-                .unwrap_or_default();
-            if uid.is_empty() || seen.insert(uid) {
-                visit(item);
+            let meta: Meta = serde_json::from_str(item.get()).unwrap_or_default();
+            if meta.metadata.uid.is_empty() || seen.insert(meta.metadata.uid.clone()) {
+                visit(item, &meta);
             }
         }
         match page.metadata.next.filter(|t| !t.is_empty()) {
